@@ -1,0 +1,135 @@
+"""The ``cacnode`` console script: argument parsing and dispatch, nothing else.
+
+Each command's work lives in the component that owns it; this module only
+wires arguments to it, configures logging (library code never does) and turns
+a user-facing error into one line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cacnode import __version__
+from cacnode.settings import ConfigError
+from pipeline.errors import CacnodeError
+
+log = logging.getLogger("cacnode")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: ./config.toml if present, else built-in defaults)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cacnode",
+        description="A DICOM node that scores coronary artery calcium. Not a medical device.",
+    )
+    parser.add_argument("--version", action="version", version=f"cacnode {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("score", help="score one CT series from a folder of DICOM files")
+    p.add_argument("series_dir", type=Path, help="folder holding the series (searched recursively)")
+    p.add_argument("--series-uid", help="Series Instance UID to score when the folder holds several")
+    p.add_argument("--labels", type=Path, help="score this annotation (DICOM SEG or NIfTI) instead of the model")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="where the model runs (default: GPU if present)")
+    p.add_argument("--sr", type=Path, help="write the TID 1500 Structured Report here")
+    p.add_argument("--seg", type=Path, help="write the lesion DICOM SEG here")
+    p.add_argument("--summary", type=Path, help="write the Secondary Capture summary image here")
+    _add_config(p)
+
+    p = sub.add_parser("phantom", help="generate synthetic calcium-scoring CT phantoms with exact ground truth")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--n", type=int, default=1, help="number of cases (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    p.add_argument("--shifted", action="store_true", help="draw from the shifted (held-out) parameter ranges")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("train", help="train the calcium model (needs the training extra)")
+    _add_config(p)
+    p.add_argument("--output", type=Path, help="weights file to write (default: [training] output)")
+    p.add_argument("--fast-dev-run", action="store_true", help="one batch of train and validation, for smoke tests")
+
+    p = sub.add_parser("serve", help="run the DICOM node in the foreground")
+    _add_config(p)
+
+    p = sub.add_parser("status", help="show jobs, states, errors and deliveries")
+    _add_config(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("retry", help="retry failed deliveries")
+    _add_config(p)
+    p.add_argument("--series-uid", help="only this series")
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from cacnode.config import load_config
+
+    path = args.config
+    if path is None and Path("config.toml").is_file():
+        path = Path("config.toml")
+    return load_config(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _dispatch(args)
+    except (CacnodeError, ConfigError) as exc:
+        if args.verbose:
+            log.exception("failed")
+        print(f"cacnode {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "score":
+        from cacnode.score_command import run_score
+
+        return run_score(args, _config(args))
+    if args.command == "phantom":
+        from training.phantom.command import run_phantom
+
+        return run_phantom(args)
+    if args.command == "train":
+        try:
+            from training.train import run_train
+        except ImportError as exc:
+            raise CacnodeError(f"training needs the training extra (pip install '.[training]'): {exc}") from None
+        return run_train(_config(args).training, output=args.output, fast_dev_run=args.fast_dev_run)
+    if args.command == "serve":
+        from scp.app import serve
+
+        return serve(_config(args))
+    if args.command == "status":
+        from scp.admin import show_status
+
+        return show_status(_config(args), as_json=args.json)
+    if args.command == "retry":
+        from scp.admin import retry_failed
+
+        return retry_failed(_config(args), series_uid=args.series_uid)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

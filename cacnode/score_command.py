@@ -1,0 +1,49 @@
+"""``cacnode score``: load a series, label it (annotation or model), score, print, write reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cacnode.config import Config
+from pipeline.identity import REFERENCE_LABELS
+from pipeline.loader import load_series
+from pipeline.result import format_table, score_series, to_json
+
+
+def run_score(args: argparse.Namespace, config: Config) -> int:
+    series = load_series(args.series_dir, series_uid=args.series_uid)
+    if args.labels is not None:
+        from pipeline.labels_io import read_labels
+
+        labels = read_labels(args.labels, series)
+        identity = REFERENCE_LABELS
+        source = f"labels:{args.labels.name}"
+    else:
+        from pipeline.inference import Labeller
+
+        labeller = Labeller.load(config.model, device=args.device)
+        labels = labeller.predict(series)
+        identity = labeller.identity
+        source = f"model:{identity.name} {identity.version}"
+    result = score_series(series, labels, config.scoring, source)
+    if args.sr or args.seg or args.summary:
+        from dicom_sr.writer import write_report_files
+
+        write_report_files(
+            result,
+            labels,
+            series,
+            identity,
+            config.report,
+            sr_path=args.sr,
+            seg_path=args.seg,
+            summary_path=args.summary,
+        )
+    if args.json:
+        json.dump(to_json(result), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(result))
+    return 0

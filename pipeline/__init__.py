@@ -1,0 +1,1 @@
+"""Loading, preprocessing, inference and scoring of CT series (no network, no training)."""

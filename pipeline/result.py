@@ -1,0 +1,108 @@
+"""A scored series and its JSON form: the stable contract of ``cacnode score --json``.
+
+The same dictionary is written as ``truth.json`` by the phantom generator, kept
+beside each report by the node, and read back by the SR reader's tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.arteries import ARTERY_NAMES
+from pipeline.flags import deviation_flags
+from pipeline.scoring import ArteryScore, CalciumScore, ScoringProfile, score_calcium
+from pipeline.series import CTSeries
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    """Everything reported about one scored series."""
+
+    series_uid: str
+    study_uid: str
+    profile: ScoringProfile
+    kvp: float | None
+    slice_thickness_mm: float | None
+    increment_mm: float
+    pixel_spacing_mm: tuple[float, float]
+    n_slices: int
+    score: CalciumScore
+    flags: tuple[str, ...]
+    labels_source: str  # "model:<name> <version>" or "labels:<file name>"
+
+
+def result_for(series: CTSeries, score: CalciumScore, profile: ScoringProfile, labels_source: str) -> SeriesResult:
+    """Attach the series identity, acquisition facts and deviation flags to a score."""
+    g = series.geometry
+    return SeriesResult(
+        series_uid=series.series_uid,
+        study_uid=series.study_uid,
+        profile=profile,
+        kvp=series.acquisition.kvp,
+        slice_thickness_mm=g.slice_thickness_mm,
+        increment_mm=g.increment_mm,
+        pixel_spacing_mm=g.pixel_spacing_mm,
+        n_slices=g.shape[0],
+        score=score,
+        flags=deviation_flags(series.acquisition, g),
+        labels_source=labels_source,
+    )
+
+
+def _artery_json(s: ArteryScore) -> dict[str, Any]:
+    return {"agatston": s.agatston, "volume_mm3": s.volume_mm3, "mass_mg": s.mass_mg, "lesions": s.lesions}
+
+
+def to_json(result: SeriesResult) -> dict[str, Any]:
+    """The JSON object of ``cacnode score --json`` (unrounded numbers)."""
+    return {
+        "series_uid": result.series_uid,
+        "study_uid": result.study_uid,
+        "labels_source": result.labels_source,
+        "profile": dataclasses.asdict(result.profile),
+        "acquisition": {
+            "kvp": result.kvp,
+            "slice_thickness_mm": result.slice_thickness_mm,
+            "increment_mm": result.increment_mm,
+            "pixel_spacing_mm": list(result.pixel_spacing_mm),
+            "n_slices": result.n_slices,
+        },
+        "total": _artery_json(result.score.total),
+        "arteries": {name: _artery_json(result.score.arteries[name]) for name in ARTERY_NAMES},
+        "risk_category": result.score.risk_category,
+        "cac_drs": result.score.cac_drs,
+        "flags": list(result.flags),
+    }
+
+
+def format_table(result: SeriesResult) -> str:
+    """A readable table of the scores for a terminal."""
+    lines = [
+        f"Series {result.series_uid}",
+        f"Profile {result.profile.name}: threshold {result.profile.threshold_hu:g} HU, "
+        f"min area {result.profile.min_area:g} {result.profile.min_area_unit}, "
+        f"{result.profile.connectivity}-connectivity, "
+        f"increment normalisation {'on' if result.profile.normalise_increment else 'off'}",
+        f"kVp {result.kvp if result.kvp is not None else 'unknown'}, thickness {result.slice_thickness_mm} mm, "
+        f"increment {result.increment_mm:.3g} mm, {result.n_slices} slices",
+        "",
+        f"{'Artery':<8}{'Agatston':>10}{'Volume mm3':>12}{'Mass mg':>10}{'Lesions':>9}",
+    ]
+    rows = [(name, result.score.arteries[name]) for name in ARTERY_NAMES] + [("Total", result.score.total)]
+    for name, s in rows:
+        mass = "-" if s.mass_mg is None else f"{s.mass_mg:.1f}"
+        lines.append(f"{name:<8}{s.agatston:>10.1f}{s.volume_mm3:>12.1f}{mass:>10}{s.lesions:>9}")
+    lines += ["", f"Risk category: {result.score.risk_category}    CAC-DRS: {result.score.cac_drs}"]
+    for flag in result.flags:
+        lines.append(f"Flag: {flag}")
+    return "\n".join(lines)
+
+
+def score_series(series: CTSeries, labels: np.ndarray, profile: ScoringProfile, labels_source: str) -> SeriesResult:
+    """Score a loaded series with a label map in its slice order (the one entry point of the node and CLI)."""
+    score = score_calcium(series.hu, labels, series.geometry.pixel_spacing_mm, series.geometry.increment_mm, profile)
+    return result_for(series, score, profile, labels_source)

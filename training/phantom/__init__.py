@@ -1,0 +1,1 @@
+"""In-silico cardiac calcium-scoring CT phantoms with exact ground truth."""
