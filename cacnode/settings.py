@@ -43,6 +43,13 @@ def from_table(cls: type[T], table: dict[str, Any] | None, section: str) -> T:
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in table and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{section}: missing key(s) {', '.join(missing)}")
     values = {}
     for name, value in table.items():
         values[name] = _coerce(hints[name], value, f"{section}.{name}")

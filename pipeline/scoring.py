@@ -7,6 +7,7 @@ vendors is a field of :class:`ScoringProfile` (the "scoring profile").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -115,7 +116,8 @@ def counted_voxels(
     else:
         keep = n_pixels >= profile.min_area
     weight = 1 + np.searchsorted(np.asarray(profile.weight_cutoffs_hu), peak, side="right")
-    agatston = float(np.sum(area_mm2[keep] * weight[keep]))
+    # fsum is correctly rounded, so the score does not depend on the order slices were read.
+    agatston = math.fsum((area_mm2[keep] * weight[keep]).tolist())
     kept_ids = np.concatenate(([False], keep))
     return kept_ids[components], agatston
 
@@ -137,7 +139,7 @@ def score_artery(
     mass = None
     if profile.mass_calibration_mg_per_mm3_hu is not None:
         # sum over lesions of c * volume * mean HU == c * voxel volume * sum of HU
-        mass = profile.mass_calibration_mg_per_mm3_hu * voxel_mm3 * float(np.sum(hu[counted], dtype=np.float64))
+        mass = profile.mass_calibration_mg_per_mm3_hu * voxel_mm3 * math.fsum(hu[counted].astype(np.float64).tolist())
     return ArteryScore(agatston=agatston, volume_mm3=n_counted * voxel_mm3, mass_mg=mass, lesions=int(lesions))
 
 
@@ -175,9 +177,9 @@ def score_calcium(
     }
     masses = [s.mass_mg for s in arteries.values()]
     total = ArteryScore(
-        agatston=sum(s.agatston for s in arteries.values()),
-        volume_mm3=sum(s.volume_mm3 for s in arteries.values()),
-        mass_mg=None if profile.mass_calibration_mg_per_mm3_hu is None else sum(m for m in masses if m is not None),
+        agatston=math.fsum(s.agatston for s in arteries.values()),
+        volume_mm3=math.fsum(s.volume_mm3 for s in arteries.values()),
+        mass_mg=None if profile.mass_calibration_mg_per_mm3_hu is None else math.fsum(m for m in masses if m is not None),
         lesions=sum(s.lesions for s in arteries.values()),
     )
     return CalciumScore(

@@ -1,0 +1,240 @@
+"""From a CT series' HU volume to the network input: one composition for training and inference.
+
+MONAI-style transforms: every parameter is fixed in ``__init__`` (from
+:class:`PreprocessConfig`, which the weights file stores), ``__call__`` is pure.
+:class:`Preprocess` chains them and is the only entry point that training
+(``training.datamodule``) and inference (``pipeline.inference``) use, so the two
+cannot drift:
+
+1. HU volume (the loader has applied Rescale Slope/Intercept per slice, PS3.3 C.11.1.1.2);
+2. :class:`LocateHeart`: slices outside the heart are removed and the heart centre
+   found (``pipeline.heart``, a classical localiser);
+3. :class:`CropAroundHeart`: a square of ``crop_mm`` centred on the heart, padded with air;
+4. :class:`ToGrid`: the crop resampled in-plane to ``grid x grid`` cells (~1.4 mm),
+   slices kept native; per cell the mean HU, the peak HU and whether any voxel is
+   a calcium candidate (``hu >= candidate_hu``) -- a 1 mm^2 lesion survives as a
+   candidate cell even though the mean blurs it;
+5. :class:`NormaliseIntensity`: HU shifted so that the soft-tissue peak of the
+   crop's histogram sits at 0, then scaled and clipped (scanner offsets and
+   kernels move that peak by tens of HU; the candidate channel still uses the
+   absolute threshold of the scoring definition);
+6. position channels: millimetres from the heart centre (z, row, column) / 100.
+
+The inverse direction (grid cell of each original voxel) is :func:`cell_index`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.heart import HeartLocation, HeartLocatorSettings, locate_heart
+
+N_INPUT_CHANNELS = 6  # mean HU, peak HU, candidate, z, row, column
+AIR_HU = -1000.0
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Parameters of the preprocessing; saved in the weights file with the model."""
+
+    grid: int = 112  # in-plane cells of the network input; 160 mm / 112 = 1.43 mm per cell
+    crop_mm: float = 160.0  # side of the square crop centred on the heart
+    candidate_hu: float = 130.0  # calcium candidate threshold (the Agatston threshold)
+    tissue_window_hu: tuple[float, float] = (-100.0, 200.0)  # where the soft-tissue peak is searched
+    scale_hu: float = 200.0  # normalised = (hu - tissue peak) / scale_hu
+    clip: tuple[float, float] = (-5.0, 8.0)  # air at about -5, dense bone clipped at 8
+    position_scale_mm: float = 100.0
+    heart: HeartLocatorSettings = field(default_factory=HeartLocatorSettings)
+
+    def __post_init__(self) -> None:
+        if self.grid % 8:
+            raise ValueError(f"preprocess.grid must be a multiple of 8 (three 2x poolings), got {self.grid}")
+        if self.crop_mm <= 0 or self.scale_hu <= 0:
+            raise ValueError("preprocess.crop_mm and scale_hu must be > 0")
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A crop of the original volume: slices ``z0:z1``, rows/columns from ``row0``/``col0``.
+
+    ``row0``/``col0`` may be negative and the box may run past the image: those
+    voxels are padded with air.
+    """
+
+    z0: int
+    z1: int
+    row0: int
+    col0: int
+    rows: int
+    cols: int
+    centre_row: float  # heart centre, original pixels
+    centre_col: float
+    found: bool
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The network input of one volume and where it came from."""
+
+    image: np.ndarray  # float32 (N_INPUT_CHANNELS, z1 - z0, grid, grid)
+    box: CropBox
+    pixel_spacing_mm: tuple[float, float]
+    increment_mm: float
+
+
+class LocateHeart:
+    """HU volume -> :class:`HeartLocation` (slices to keep and in-plane centre)."""
+
+    def __init__(self, settings: HeartLocatorSettings) -> None:
+        self.settings = settings
+
+    def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float) -> HeartLocation:
+        return locate_heart(hu, pixel_spacing_mm, increment_mm, self.settings)
+
+
+class CropAroundHeart:
+    """Heart location -> :class:`CropBox` of ``crop_mm`` x ``crop_mm`` (times ``scale``)."""
+
+    def __init__(self, crop_mm: float) -> None:
+        self.crop_mm = crop_mm
+
+    def __call__(
+        self,
+        where: HeartLocation,
+        pixel_spacing_mm: tuple[float, float],
+        scale: float = 1.0,
+        shift_mm: tuple[float, float] = (0.0, 0.0),
+    ) -> CropBox:
+        # ``scale`` and ``shift_mm`` are training augmentations (spacing jitter,
+        # localisation error); inference uses the defaults.
+        rows = int(round(self.crop_mm * scale / pixel_spacing_mm[0]))
+        cols = int(round(self.crop_mm * scale / pixel_spacing_mm[1]))
+        centre_row = where.centre_row + shift_mm[0] / pixel_spacing_mm[0]
+        centre_col = where.centre_col + shift_mm[1] / pixel_spacing_mm[1]
+        return CropBox(
+            z0=where.z0,
+            z1=where.z1,
+            row0=int(round(centre_row - rows / 2.0)),
+            col0=int(round(centre_col - cols / 2.0)),
+            rows=rows,
+            cols=cols,
+            centre_row=centre_row,
+            centre_col=centre_col,
+            found=where.found,
+        )
+
+
+def extract(volume: np.ndarray, box: CropBox, fill: float) -> np.ndarray:
+    """The voxels of ``box`` from ``volume``, padding outside the image with ``fill``."""
+    out = np.full((box.z1 - box.z0, box.rows, box.cols), fill, dtype=volume.dtype)
+    r0, c0 = max(box.row0, 0), max(box.col0, 0)
+    r1, c1 = min(box.row0 + box.rows, volume.shape[1]), min(box.col0 + box.cols, volume.shape[2])
+    if r1 > r0 and c1 > c0:
+        out[:, r0 - box.row0 : r1 - box.row0, c0 - box.col0 : c1 - box.col0] = volume[box.z0 : box.z1, r0:r1, c0:c1]
+    return out
+
+
+class ToGrid:
+    """HU crop (z, rows, cols) -> mean HU, peak HU, candidate, each (z, grid, grid)."""
+
+    def __init__(self, grid: int, candidate_hu: float) -> None:
+        self.grid = grid
+        self.candidate_hu = candidate_hu
+
+    def __call__(self, hu_crop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t = torch.from_numpy(np.ascontiguousarray(hu_crop, dtype=np.float32))[:, None]
+        size = (self.grid, self.grid)
+        mean = F.adaptive_avg_pool2d(t, size)[:, 0]
+        peak = F.adaptive_max_pool2d(t, size)[:, 0]
+        candidate = (peak >= self.candidate_hu).to(torch.float32)
+        return mean.numpy(), peak.numpy(), candidate.numpy()
+
+
+class NormaliseIntensity:
+    """HU -> (HU - soft-tissue histogram peak) / scale, clipped."""
+
+    def __init__(self, tissue_window_hu: tuple[float, float], scale_hu: float, clip: tuple[float, float]) -> None:
+        self.window = tissue_window_hu
+        self.scale = scale_hu
+        self.clip = clip
+
+    def tissue_peak(self, hu: np.ndarray) -> float:
+        """Mode of the HU histogram inside the soft-tissue window (10 HU bins, smoothed)."""
+        lo, hi = self.window
+        values = hu[(hu >= lo) & (hu < hi)]
+        if values.size < 100:
+            return 40.0  # too little tissue to measure: nominal myocardium/blood
+        counts, edges = np.histogram(values, bins=int((hi - lo) // 10), range=(lo, hi))
+        counts = np.convolve(counts, np.ones(3) / 3.0, mode="same")
+        i = int(np.argmax(counts))
+        return float((edges[i] + edges[i + 1]) / 2.0)
+
+    def __call__(self, hu: np.ndarray, peak: float) -> np.ndarray:
+        return np.clip((hu - peak) / self.scale, *self.clip).astype(np.float32)
+
+
+def position_channels(box: CropBox, n_slices: int, grid: int, pixel_spacing_mm: tuple[float, float],
+                      increment_mm: float, scale_mm: float) -> np.ndarray:
+    """Millimetres from the heart centre of every grid cell, divided by ``scale_mm``: (3, z, grid, grid)."""
+    cell_r = box.rows * pixel_spacing_mm[0] / grid
+    cell_c = box.cols * pixel_spacing_mm[1] / grid
+    offset_r = (box.row0 - box.centre_row) * pixel_spacing_mm[0]
+    offset_c = (box.col0 - box.centre_col) * pixel_spacing_mm[1]
+    r = (offset_r + (np.arange(grid) + 0.5) * cell_r) / scale_mm
+    c = (offset_c + (np.arange(grid) + 0.5) * cell_c) / scale_mm
+    z = (np.arange(n_slices) - (n_slices - 1) / 2.0) * increment_mm / scale_mm
+    zz, rr, cc = np.meshgrid(z, r, c, indexing="ij")
+    return np.stack([zz, rr, cc]).astype(np.float32)
+
+
+class Preprocess:
+    """The whole composition: HU volume -> :class:`Prepared` network input."""
+
+    def __init__(self, config: PreprocessConfig) -> None:
+        self.config = config
+        self.locate = LocateHeart(config.heart)
+        self.crop = CropAroundHeart(config.crop_mm)
+        self.to_grid = ToGrid(config.grid, config.candidate_hu)
+        self.normalise = NormaliseIntensity(config.tissue_window_hu, config.scale_hu, config.clip)
+
+    def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float) -> Prepared:
+        where = self.locate(hu, pixel_spacing_mm, increment_mm)
+        box = self.crop(where, pixel_spacing_mm)
+        return self.from_crop(extract(hu, box, AIR_HU), box, pixel_spacing_mm, increment_mm)
+
+    def from_crop(self, hu_crop: np.ndarray, box: CropBox, pixel_spacing_mm: tuple[float, float],
+                  increment_mm: float) -> Prepared:
+        """Steps 4-6 on an already extracted crop (training augments between the two halves)."""
+        mean, peak, candidate = self.to_grid(hu_crop)
+        tissue = self.normalise.tissue_peak(hu_crop[:, :: 4, :: 4])
+        positions = position_channels(box, hu_crop.shape[0], self.config.grid, pixel_spacing_mm, increment_mm,
+                                      self.config.position_scale_mm)
+        image = np.concatenate(
+            [self.normalise(mean, tissue)[None], self.normalise(peak, tissue)[None], candidate[None], positions]
+        )
+        return Prepared(image=image, box=box, pixel_spacing_mm=pixel_spacing_mm, increment_mm=increment_mm)
+
+
+def labels_to_grid(labels_crop: np.ndarray, grid: int, n_classes: int) -> np.ndarray:
+    """Training target on the grid: a cell takes the artery with most voxels in it, else 0.
+
+    Any labelled voxel marks its cell, matching the candidate channel (any voxel
+    over the threshold), so a tiny lesion is a target cell wherever it is a
+    candidate cell.
+    """
+    t = torch.from_numpy(labels_crop.astype(np.int64))
+    onehot = F.one_hot(t, n_classes).permute(0, 3, 1, 2).to(torch.float32)  # (z, classes, rows, cols)
+    fraction = F.adaptive_avg_pool2d(onehot, (grid, grid))[:, 1:]
+    best = fraction.argmax(dim=1) + 1
+    return torch.where(fraction.amax(dim=1) > 0, best, 0).to(torch.uint8).numpy()
+
+
+def cell_index(box: CropBox, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row / column of the crop, the grid cell whose pooling window holds it."""
+    rows = (np.arange(box.rows) * grid) // box.rows
+    cols = (np.arange(box.cols) * grid) // box.cols
+    return rows, cols

@@ -1,0 +1,130 @@
+"""The self-describing weights file: everything needed to rebuild and identify the model.
+
+One ``torch.save`` of a plain dictionary (loadable with ``weights_only=True``,
+so opening a file never runs code from it):
+
+- ``format``: :data:`FORMAT`, checked at load;
+- ``name``, ``version``, ``uid``: the algorithm identity written into reports
+  (TID 4019 Algorithm Identification); the UID is a fresh ``2.25`` UUID-derived
+  UID (PS3.5 B.2) for every training run, so two trainings never share one;
+- ``model``: the :class:`~pipeline.model.UNetConfig` arguments;
+- ``preprocess``: the :class:`~pipeline.preprocess.PreprocessConfig` arguments;
+- ``state_dict``: the weights (float32);
+- ``training``: what the model was trained on and how (free-form, JSON-like);
+- ``validation``: the figures measured on held-out data (JSON-like).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import ModelError
+from pipeline.heart import HeartLocatorSettings
+from pipeline.identity import AlgorithmIdentity
+from pipeline.model import UNet3D, UNetConfig
+from pipeline.preprocess import PreprocessConfig
+
+FORMAT = "cacnode-weights/1"
+
+
+def new_uid() -> str:
+    """A UID of the 2.25 form derived from a random UUID (PS3.5 B.2)."""
+    return f"2.25.{uuid.uuid4().int}"
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """The content of a weights file."""
+
+    name: str
+    version: str
+    uid: str
+    model: UNetConfig
+    preprocess: PreprocessConfig
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    training: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> AlgorithmIdentity:
+        return AlgorithmIdentity(name=self.name, version=self.version, uid=self.uid)
+
+    def build_model(self) -> UNet3D:
+        """The network with these weights, in eval mode."""
+        model = UNet3D(self.model)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def save_weights(weights: WeightsFile, path: Path) -> None:
+    """Write ``weights`` to ``path`` (parent folders are created)."""
+    payload = {
+        "format": FORMAT,
+        "name": weights.name,
+        "version": weights.version,
+        "uid": weights.uid,
+        "model": _plain(dataclasses.asdict(weights.model)),
+        "preprocess": _plain(dataclasses.asdict(weights.preprocess)),
+        "state_dict": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.state_dict.items()},
+        "training": _plain(weights.training),
+        "validation": _plain(weights.validation),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # never leave a half-written weights file behind
+
+
+def load_weights(path: Path) -> WeightsFile:
+    """Read a weights file; any problem is a :class:`ModelError` naming the file."""
+    if not path.is_file():
+        raise ModelError(f"weights file {path} not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file (pickle, zip, runtime)
+        raise ModelError(f"weights file {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ModelError(f"weights file {path}: not a {FORMAT} file (format {found!r})")
+    try:
+        pre = dict(payload["preprocess"])
+        pre["heart"] = HeartLocatorSettings(**_tuples(pre["heart"]))
+        weights = WeightsFile(
+            name=str(payload["name"]),
+            version=str(payload["version"]),
+            uid=str(payload["uid"]),
+            model=UNetConfig(**_tuples(payload["model"])),
+            preprocess=PreprocessConfig(**_tuples(pre)),
+            state_dict=dict(payload["state_dict"]),
+            training=dict(payload.get("training", {})),
+            validation=dict(payload.get("validation", {})),
+        )
+        weights.build_model()  # shapes must match the stated architecture
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"weights file {path}: inconsistent content ({type(exc).__name__}: {exc})") from None
+    return weights
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclass dicts and tuples as plain dicts and lists (safe for ``weights_only`` loading)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    raise TypeError(f"cannot store {type(obj).__name__} in a weights file")
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    """Lists back to tuples (the config dataclasses use tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
