@@ -102,32 +102,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "score":
-        from cacnode.score_command import run_score
-
-        return run_score(args, _config(args))
     if args.command == "phantom":
         from training.phantom.command import run_phantom
 
         return run_phantom(args)
+    config = _config(args)  # a bad config fails first, whatever the command
+    if args.command == "score":
+        from cacnode.score_command import run_score
+
+        return run_score(args, config)
     if args.command == "train":
         try:
             from training.train import run_train
         except ImportError as exc:
             raise CacnodeError(f"training needs the training extra (pip install '.[training]'): {exc}") from None
-        return run_train(_config(args).training, output=args.output, fast_dev_run=args.fast_dev_run)
+        return run_train(config.training, output=args.output, fast_dev_run=args.fast_dev_run)
     if args.command == "serve":
         from scp.app import serve
 
-        return serve(_config(args))
+        return serve(config)
     if args.command == "status":
         from scp.admin import show_status
 
-        return show_status(_config(args), as_json=args.json)
+        return show_status(config, as_json=args.json)
     if args.command == "retry":
         from scp.admin import retry_failed
 
-        return retry_failed(_config(args), series_uid=args.series_uid)
+        return retry_failed(config, series_uid=args.series_uid)
     raise AssertionError(args.command)
 
 

@@ -13,7 +13,11 @@ from pipeline.result import format_table, score_series, to_json
 
 
 def run_score(args: argparse.Namespace, config: Config) -> int:
-    series = load_series(args.series_dir, series_uid=args.series_uid)
+    series = load_series(
+        args.series_dir,
+        series_uid=args.series_uid,
+        max_obliquity_degrees=config.eligibility.max_obliquity_degrees,
+    )
     if args.labels is not None:
         from pipeline.labels_io import read_labels
 

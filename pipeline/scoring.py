@@ -143,6 +143,12 @@ def score_artery(
     return ArteryScore(agatston=agatston, volume_mm3=n_counted * voxel_mm3, mass_mg=mass, lesions=int(lesions))
 
 
+def _no_calcium(profile: ScoringProfile) -> ArteryScore:
+    """The score of an artery without any voxel at or above the threshold."""
+    mass = None if profile.mass_calibration_mg_per_mm3_hu is None else 0.0
+    return ArteryScore(agatston=0.0, volume_mm3=0.0, mass_mg=mass, lesions=0)
+
+
 def score_calcium(
     hu: np.ndarray,
     labels: np.ndarray,
@@ -169,12 +175,21 @@ def score_calcium(
         raise ValueError(f"hu {hu.shape} and labels {labels.shape} must be the same 3-D shape")
     if increment_mm <= 0 or min(pixel_spacing_mm) <= 0:
         raise ValueError(f"spacing must be positive, got {pixel_spacing_mm} and increment {increment_mm}")
-    unknown = np.setdiff1d(np.unique(labels), [0] + [a.label for a in ARTERIES])
-    if unknown.size:
+    if labels.size and (labels.min() < 0 or labels.max() > max(a.label for a in ARTERIES)):
+        unknown = np.setdiff1d(np.unique(labels), [0] + [a.label for a in ARTERIES])
         raise ValueError(f"label map holds values {unknown.tolist()} outside 0-4")
-    arteries = {
-        a.name: score_artery(hu, labels == a.label, pixel_spacing_mm, increment_mm, profile) for a in ARTERIES
-    }
+    # Every counted component of an artery lies inside the box of that artery's
+    # calcium, so scoring the box gives the whole volume's numbers, much faster.
+    z, y, x = np.nonzero((labels > 0) & (hu >= profile.threshold_hu))
+    artery_of = labels[z, y, x]
+    arteries = {}
+    for a in ARTERIES:
+        mine = artery_of == a.label
+        if not mine.any():
+            arteries[a.name] = _no_calcium(profile)
+            continue
+        box = tuple(slice(int(c[mine].min()), int(c[mine].max()) + 1) for c in (z, y, x))
+        arteries[a.name] = score_artery(hu[box], labels[box] == a.label, pixel_spacing_mm, increment_mm, profile)
     masses = [s.mass_mg for s in arteries.values()]
     total = ArteryScore(
         agatston=math.fsum(s.agatston for s in arteries.values()),

@@ -1,0 +1,159 @@
+"""``cacnode score SERIES --labels FILE`` reproduces scores computed by hand (calcium-scoring.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from dicom_sr.seg import build_lesion_seg
+from pipeline.identity import REFERENCE_LABELS
+from pipeline.labels_io import series_affine
+from pipeline.loader import load_series
+from training.phantom.ct_writer import CTHeader, build_ct_datasets, write_datasets
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACING = (0.5, 0.5)  # one pixel is 0.25 mm2
+INCREMENT = 2.5  # scores are multiplied by 2.5 / 3
+
+
+def constructed_case() -> tuple[np.ndarray, np.ndarray]:
+    """30 slices of 48x48 at 40 HU with calcium of known size and HU, and its labels.
+
+    Labels cover a box one pixel wider than each lesion, so the 40 HU rim must not count.
+    """
+    hu = np.full((30, 48, 48), 40.0, dtype=np.float32)
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    # LAD, slice 10: 4x4 px at 250 HU with one pixel at 399 -> peak 399, weight 3.
+    #   area 16 x 0.25 = 4 mm2 -> 4 x 3 = 12.
+    hu[10, 10:14, 10:14] = 250.0
+    hu[10, 12, 12] = 399.0
+    # LAD, slice 11, right above: 4x4 px at 450 HU -> weight 4, 4 mm2 -> 16.  Same 3-D lesion.
+    hu[11, 10:14, 10:14] = 450.0
+    labels[10:12, 9:15, 9:15] = 2
+    # RCA, slice 20: 2x2 px at 180 HU -> exactly 1.0 mm2 (kept), weight 1 -> 1.
+    hu[20, 30:32, 30:32] = 180.0
+    labels[20, 29:33, 29:33] = 4
+    # RCA, slice 20: 6x2 px at 320 HU -> 3 mm2, weight 3 -> 9.
+    hu[20, 36:42, 10:12] = 320.0
+    labels[20, 35:43, 9:13] = 4
+    # RCA, slice 20: 1x3 px at 500 HU -> 0.75 mm2 < 1 mm2, dropped.
+    hu[20, 5, 40:43] = 500.0
+    labels[20, 4:7, 39:44] = 4
+    # LCX, slice 5: 3x3 px at 129 HU -> below 130, nothing.
+    hu[5, 20:23, 20:23] = 129.0
+    labels[5, 19:24, 19:24] = 3
+    # Calcium outside any label (bone, say) never counts.
+    hu[25, 0:5, 0:5] = 900.0
+    return hu, labels
+
+
+# Raw sums: LAD 12 + 16 = 28, RCA 1 + 9 = 10, total 38; each times 2.5 / 3.
+LAD = 28 * 2.5 / 3  # 23.333...
+RCA = 10 * 2.5 / 3  # 8.333...
+TOTAL = 38 * 2.5 / 3  # 31.666... -> risk 11-100, CAC-DRS A1 with 2 vessels
+# Volume = counted voxels x 0.25 mm2 x 2.5 mm: LAD 32 voxels, RCA 4 + 12 = 16 (the dropped 3 excluded).
+LAD_VOLUME, RCA_VOLUME = 32 * 0.625, 16 * 0.625
+
+
+@pytest.fixture
+def case(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    hu, labels = constructed_case()
+    datasets = build_ct_datasets(
+        hu, pixel_spacing_mm=SPACING, slice_thickness_mm=2.5, increment_mm=INCREMENT, header=CTHeader(), descending=True
+    )
+    write_datasets(datasets, tmp_path / "series")
+    return tmp_path / "series", labels
+
+
+def cacnode(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # The checkout on PYTHONPATH too, so the test runs the code under test even where the
+    # editable install points elsewhere.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "cacnode.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def check_scores(out: dict) -> None:
+    assert out["arteries"]["LAD"]["agatston"] == pytest.approx(LAD, rel=1e-12)
+    assert out["arteries"]["RCA"]["agatston"] == pytest.approx(RCA, rel=1e-12)
+    assert out["arteries"]["LM"]["agatston"] == 0
+    assert out["arteries"]["LCX"]["agatston"] == 0
+    assert out["total"]["agatston"] == pytest.approx(TOTAL, rel=1e-12)
+    assert out["arteries"]["LAD"]["volume_mm3"] == pytest.approx(LAD_VOLUME, rel=1e-12)
+    assert out["arteries"]["RCA"]["volume_mm3"] == pytest.approx(RCA_VOLUME, rel=1e-12)
+    assert out["total"]["volume_mm3"] == pytest.approx(LAD_VOLUME + RCA_VOLUME, rel=1e-12)
+    assert [out["arteries"][a]["lesions"] for a in ("LM", "LAD", "LCX", "RCA")] == [0, 1, 0, 2]
+    assert out["total"]["lesions"] == 3
+    assert out["total"]["mass_mg"] is None  # no calibration configured
+    assert out["risk_category"] == "11-100"
+    assert out["cac_drs"] == "A1/N2"
+    assert out["flags"] == []  # 120 kVp, 2.5 mm, gated, no contrast
+    assert out["acquisition"] == {
+        "kvp": 120.0,
+        "slice_thickness_mm": 2.5,
+        "increment_mm": 2.5,
+        "pixel_spacing_mm": [0.5, 0.5],
+        "n_slices": 30,
+    }
+    assert out["profile"]["name"] == "agatston-1990"
+
+
+def test_score_with_seg_labels(case, tmp_path):
+    folder, labels = case
+    series = load_series(folder)
+    seg = build_lesion_seg(labels, series.datasets, REFERENCE_LABELS, series_number=90, series_description="truth")
+    seg.save_as(tmp_path / "labels.seg.dcm", enforce_file_format=True)
+    result = cacnode("score", str(folder), "--labels", str(tmp_path / "labels.seg.dcm"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["series_uid"] == series.series_uid
+    assert out["labels_source"] == "labels:labels.seg.dcm"
+    check_scores(out)
+
+
+def test_score_with_nifti_labels_in_ras(case, tmp_path):
+    folder, labels = case
+    series = load_series(folder)
+    image = nib.Nifti1Image(np.transpose(labels, (2, 1, 0)), np.diag([-1.0, -1.0, 1.0, 1.0]) @ series_affine(series))
+    nib.save(nib.as_closest_canonical(image), tmp_path / "labels.nii.gz")
+    result = cacnode("score", str(folder), "--labels", str(tmp_path / "labels.nii.gz"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_scores(json.loads(result.stdout))
+
+
+def test_score_table(case, tmp_path):
+    folder, labels = case
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ series_affine(load_series(folder))
+    image = nib.Nifti1Image(np.transpose(labels, (2, 1, 0)), affine)
+    nib.save(image, tmp_path / "labels.nii")
+    result = cacnode("score", str(folder), "--labels", str(tmp_path / "labels.nii"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Risk category: 11-100    CAC-DRS: A1/N2" in result.stdout
+    assert any(line.startswith("Total") and "31.7" in line for line in result.stdout.splitlines())
+
+
+def test_labels_that_do_not_fit_are_one_line(case, tmp_path):
+    folder, labels = case
+    image = nib.Nifti1Image(np.transpose(labels[:-1], (2, 1, 0)), np.eye(4))
+    nib.save(image, tmp_path / "short.nii.gz")
+    result = cacnode("score", str(folder), "--labels", str(tmp_path / "short.nii.gz"), "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cacnode score: error: short.nii.gz:"), result.stderr
+    assert result.stdout == ""
+
+
+def test_broken_series_is_one_line(case, tmp_path):
+    folder, _ = case
+    sorted(folder.iterdir())[3].unlink()
+    result = cacnode("score", str(folder), "--labels", str(tmp_path / "x.nii.gz"), cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "slice(s) missing" in lines[0], result.stderr
