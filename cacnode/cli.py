@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # highdicom logs each module it copies into a report at INFO: noise for an admin.
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
     try:
         return _dispatch(args)
     except (CacnodeError, ConfigError) as exc:

@@ -1,0 +1,148 @@
+"""The lesion DICOM SEG: one BINARY segment per artery with calcium (``report.md`` section 2).
+
+Built with highdicom on the frames of the source CT series, in the source
+study, with fresh UIDs.  Empty frames are kept (``omit_empty_frames=False``):
+some viewers mis-place segmentations whose frames are omitted, and a full
+stack also lets readers map frame k to source slice k without geometry.
+
+A Segmentation needs at least one segment (PS3.3 C.8.20.4: the Segment
+Sequence has one or more items), so a label map without any artery raises
+:class:`~pipeline.errors.LabelsError`; :mod:`dicom_sr.writer` skips the SEG
+for such a series instead of calling this.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_sr import codes
+from dicom_sr.source import header_copies
+from pipeline.arteries import ARTERIES, Artery
+from pipeline.errors import LabelsError
+from pipeline.identity import AlgorithmIdentity
+
+logger = logging.getLogger(__name__)
+
+
+def algorithm_identification(identity: AlgorithmIdentity) -> hd.AlgorithmIdentificationSequence:
+    """The Segment Algorithm Identification of every segment (PS3.3 C.8.20.2)."""
+    return hd.AlgorithmIdentificationSequence(name=identity.name, family=codes.AI_FAMILY, version=identity.version)
+
+
+def segment_arteries(labels: np.ndarray) -> tuple[Artery, ...]:
+    """The arteries that have at least one labelled voxel, in LM, LAD, LCX, RCA order."""
+    counts = np.bincount(labels.ravel(), minlength=256)  # faster than np.unique on a volume
+    return tuple(a for a in ARTERIES if counts[a.label] > 0)
+
+
+def segment_numbers(labels: np.ndarray) -> dict[str, int]:
+    """Segment number of each artery's segment in the SEG :func:`build_lesion_seg` writes.
+
+    Segment numbers are consecutive from 1 (highdicom and PS3.3 C.8.20.2
+    require it), so they depend on which arteries have calcium.
+    """
+    return {a.name: i for i, a in enumerate(segment_arteries(labels), start=1)}
+
+
+def build_lesion_seg(
+    labels: np.ndarray,
+    source_datasets: Sequence[Dataset],
+    identity: AlgorithmIdentity,
+    *,
+    series_number: int,
+    series_description: str,
+) -> Dataset:
+    """A BINARY Segmentation of the calcium of each artery in ``labels``.
+
+    Parameters
+    ----------
+    labels
+        uint8 (slices, rows, columns), 0 background, 1 LM, 2 LAD, 3 LCX, 4 RCA,
+        slice ``k`` belonging to ``source_datasets[k]``.
+    source_datasets
+        The CT datasets of the series, sorted along the slice normal (as
+        :class:`pipeline.series.CTSeries.datasets`); pixel data not needed.
+        Missing Type 2 patient/study attributes are written empty.
+    identity
+        The algorithm that produced the labels (Segment Algorithm Identification,
+        Manufacturer, Manufacturer's Model Name, Software Versions).
+    series_number, series_description
+        Of the new SEG series.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        A highdicom :class:`~highdicom.seg.Segmentation` (a pydicom Dataset),
+        frame ``k + 1`` of segment ``s`` on source slice ``k``.
+
+    Raises
+    ------
+    LabelsError
+        When ``labels`` does not fit the source datasets or holds no artery.
+    """
+    series_uid = _series_uid(source_datasets)
+    n = len(source_datasets)
+    if labels.ndim != 3 or labels.shape[0] != n:
+        raise LabelsError(f"series {series_uid}: label map {labels.shape} does not match {n} source slices")
+    rows, cols = int(source_datasets[0].Rows), int(source_datasets[0].Columns)
+    if labels.shape[1:] != (rows, cols):
+        raise LabelsError(f"series {series_uid}: label map {labels.shape} does not match {rows}x{cols} slices")
+    arteries = segment_arteries(labels)
+    if not arteries:
+        raise LabelsError(f"series {series_uid}: no artery has calcium, a SEG needs at least one segment")
+
+    # Map label values (1-4) to consecutive segment numbers (1..n_segments).
+    lut = np.zeros(256, dtype=np.uint8)
+    for number, artery in enumerate(arteries, start=1):
+        lut[artery.label] = number
+    label_map = lut[labels.astype(np.uint8, copy=False)]
+
+    algorithm = algorithm_identification(identity)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=artery.name,
+            segmented_property_category=codes.SEG_CATEGORY,
+            segmented_property_type=codes.SEG_TYPE,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(),
+            tracking_id=f"{artery.name} calcium",
+            anatomic_regions=[codes.ARTERY_CODES[artery.name]],
+        )
+        for number, artery in enumerate(arteries, start=1)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=header_copies(source_datasets),
+        pixel_array=label_map,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=identity.manufacturer,
+        manufacturer_model_name=identity.name,
+        software_versions=identity.software_version,
+        # The model UID identifies this "device" (a trained model) uniquely.
+        device_serial_number=identity.uid,
+        series_description=series_description,
+        content_label="CALCIUM",
+        content_description="Coronary calcium by artery",
+        omit_empty_frames=False,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    logger.debug("series %s: SEG with %d segments built", series_uid, len(arteries))
+    return seg
+
+
+def _series_uid(source_datasets: Sequence[Dataset]) -> str:
+    if not source_datasets:
+        raise LabelsError("cannot build a SEG without source datasets")
+    return str(getattr(source_datasets[0], "SeriesInstanceUID", "?"))

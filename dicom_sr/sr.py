@@ -1,0 +1,312 @@
+"""The Comprehensive 3D SR of a scored series: TID 1500 "Imaging Measurement Report".
+
+Built with highdicom (``report.md`` section 1).  Content tree::
+
+    CONTAINER (126000, DCM, "Imaging Measurement Report")            TID 1500
+      language, device observer (TID 1001/1004), procedure reported
+      CONTAINER (126010, DCM, "Imaging Measurements")
+        CONTAINER (125007, DCM, "Measurement Group")  x total + 4 arteries   TID 1501
+          tracking identifier + UID, [finding], finding site (CID 3016)
+          NUM Agatston / volume / [mass] / lesion count, each with
+              method, algorithm identification (TID 4019) and
+              [source of measurement: segments of the lesion SEG]      TID 320
+      CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
+        CODE risk category, CAC-DRS (private scheme 99CACNODE)
+        TEXT caution, profile, acquisition, deviations
+
+When a lesion SEG is written, each measurement names the SEG segments it
+was measured on (see :func:`segment_source` for why not TID 1411).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.valuerep import DSfloat
+
+from dicom_sr import codes
+from dicom_sr.config import ReportConfig
+from dicom_sr.source import header_copies
+from pipeline.arteries import ARTERY_NAMES
+from pipeline.flags import FLAG_TEXT, is_estimate
+from pipeline.identity import AlgorithmIdentity
+from pipeline.result import SeriesResult
+from pipeline.scoring import ArteryScore, ScoringProfile
+
+TOTAL = "Total"
+_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+
+
+def profile_parameters(profile: ScoringProfile) -> list[str]:
+    """The scoring profile as ``key=value`` strings (see :func:`algorithm_parameters`)."""
+    params = [
+        f"profile={profile.name}",
+        f"threshold_hu={profile.threshold_hu:g}",
+        "weight_cutoffs_hu=" + ",".join(f"{c:g}" for c in profile.weight_cutoffs_hu),
+        f"min_area={profile.min_area:g} {profile.min_area_unit}",
+        f"connectivity={profile.connectivity}",
+        f"normalise_increment={'on' if profile.normalise_increment else 'off'}"
+        + (f" (reference {profile.reference_increment_mm:g} mm)" if profile.normalise_increment else ""),
+    ]
+    if profile.mass_calibration_mg_per_mm3_hu is not None:
+        params.append(f"mass_calibration_mg_per_mm3_hu={profile.mass_calibration_mg_per_mm3_hu:g}")
+    return params
+
+
+def algorithm_parameters(profile: ScoringProfile) -> list[str]:
+    """The TID 4019 Algorithm Parameters: the whole profile as one ``; ``-separated text item.
+
+    TID 4019 is repeated on every measurement; one item instead of six keeps
+    a rendered report (``dsr2html``, viewers) readable, and the ``key=value``
+    pairs stay easy to parse.
+    """
+    return ["; ".join(profile_parameters(profile))]
+
+
+def caveat_texts(result: SeriesResult, config: ReportConfig) -> list[str]:
+    """The sentences a reader must see next to the numbers: caution, profile, acquisition, deviations."""
+    p = result.profile
+    kvp = "unknown" if result.kvp is None else f"{result.kvp:g} kVp"
+    thickness = "unknown" if result.slice_thickness_mm is None else f"{result.slice_thickness_mm:g} mm"
+    texts = [
+        config.caution,
+        f"Scoring profile {p.name}: threshold {p.threshold_hu:g} HU, minimum area {p.min_area:g} "
+        f"{p.min_area_unit}, {p.connectivity}-connectivity, increment normalisation "
+        f"{'on' if p.normalise_increment else 'off'}.",
+        f"Acquisition: tube voltage {kvp}, slice thickness {thickness}, increment {result.increment_mm:.3g} mm, "
+        f"{result.n_slices} slices.",
+    ]
+    texts += [FLAG_TEXT.get(flag, flag) for flag in result.flags]
+    if is_estimate(result.flags):
+        texts.append("Because of the deviations above, these scores are estimates.")
+    return texts
+
+
+def _measurements(
+    score: ArteryScore,
+    algorithm: hd.sr.AlgorithmIdentification,
+    with_mass: bool,
+    source: hd.sr.SourceImageForMeasurement | None,
+) -> list[hd.sr.Measurement]:
+    images = None if source is None else [source]
+    items = [
+        hd.sr.Measurement(
+            name=codes.AGATSTON,
+            value=score.agatston,
+            unit=codes.UNIT_NONE,
+            method=codes.AGATSTON_METHOD,
+            algorithm_id=algorithm,
+            referenced_images=images,
+        ),
+        hd.sr.Measurement(
+            name=codes.VOLUME,
+            value=score.volume_mm3,
+            unit=codes.UNIT_MM3,
+            method=codes.VOLUME_METHOD,
+            algorithm_id=algorithm,
+            referenced_images=images,
+        ),
+    ]
+    if with_mass:
+        if score.mass_mg is None:
+            raise ValueError("a calibrated profile must give a mass for every artery")
+        items.append(
+            hd.sr.Measurement(
+                name=codes.MASS,
+                value=score.mass_mg,
+                unit=codes.UNIT_MG,
+                method=codes.MASS_METHOD,
+                algorithm_id=algorithm,
+                referenced_images=images,
+            )
+        )
+    items.append(
+        hd.sr.Measurement(
+            name=codes.LESION_COUNT,
+            value=score.lesions,
+            unit=codes.UNIT_LESIONS,
+            algorithm_id=algorithm,
+            referenced_images=images,
+        )
+    )
+    for measurement in items:
+        _readable_numeric_value(measurement[0])
+    return items
+
+
+def _readable_numeric_value(num: Dataset) -> None:
+    """Write Numeric Value (DS) with 12 significant digits, e.g. ``23.52`` not ``23.5200000000000``.
+
+    Viewers and ``dsr2html`` show Numeric Value.  The exact binary value stays
+    in Floating Point Value (0040,A161), which PS3.3 C.18.1 provides for values
+    a 16-character DS cannot hold exactly; :mod:`dicom_sr.reader` reads that.
+    """
+    item = num.MeasuredValueSequence[0]
+    exact = float(item.get("FloatingPointValue", item.NumericValue))
+    text = f"{exact:.12g}"
+    if len(text) > 16:  # DS holds at most 16 characters (PS3.5 6.2)
+        text = f"{exact:.9g}"
+    item.NumericValue = DSfloat(text)
+
+
+def segment_source(seg: Dataset, segment_numbers: Sequence[int]) -> hd.sr.SourceImageForMeasurement:
+    """A TID 320 "Source of Measurement" IMAGE item pointing at segments of the lesion SEG.
+
+    The Image Reference Macro (PS3.3 Table C.18.4-1, 10-3) carries Referenced
+    Segment Number (0062,000B, VM 1-n) when the referenced instance is a
+    Segmentation, so a plain TID 1501 group can tie its numbers to the
+    segments that were measured: one segment for an artery, all of them for
+    the total.  TID 1411 (one Referenced Segment per group) would fit an
+    artery but not the total nor an artery without calcium, and a TID 1500
+    container mixing TID 1411 and TID 1501 groups is rejected by the pixelmed
+    validator, which picks one template for the whole container.
+    """
+    source = hd.sr.SourceImageForMeasurement(seg.SOPClassUID, seg.SOPInstanceUID)
+    source.ReferencedSOPSequence[0].ReferencedSegmentNumber = list(segment_numbers)
+    return source
+
+
+def _group(
+    name: str,
+    score: ArteryScore,
+    site: hd.sr.CodedConcept,
+    algorithm: hd.sr.AlgorithmIdentification,
+    with_mass: bool,
+    source: hd.sr.SourceImageForMeasurement | None,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """One TID 1501 measurement group: tracking, finding site, measurements."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{name} coronary calcium"),
+        # A group without calcium reports zeros, not a calcified plaque.
+        finding_type=codes.SEG_TYPE if score.lesions > 0 else None,
+        finding_sites=[hd.sr.FindingSite(site)],
+        measurements=_measurements(score, algorithm, with_mass, source),
+    )
+
+
+def qualitative_evaluations(result: SeriesResult, config: ReportConfig) -> hd.sr.ContainerContentItem:
+    """TID 1500 rows 12-14: risk category and CAC-DRS as codes, then the caveats as text.
+
+    The categories judge the study as a whole, so they sit here rather than in
+    the total's measurement group (where the pixelmed validator also warns
+    that TID 1501 has no row for them).
+    """
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    container = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type=contains)
+    score = result.score
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(codes.RISK_CATEGORY, codes.risk_value(score.risk_category), relationship_type=contains),
+        hd.sr.CodeContentItem(codes.CAC_DRS, codes.cac_drs_value(score.cac_drs), relationship_type=contains),
+    ]
+    items += [
+        hd.sr.TextContentItem(name=codes.COMMENT, value=text, relationship_type=contains)
+        for text in caveat_texts(result, config)
+    ]
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def build_sr(
+    result: SeriesResult,
+    source_datasets: Sequence[Dataset],
+    identity: AlgorithmIdentity,
+    config: ReportConfig,
+    seg: Dataset | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 SR of ``result``.
+
+    Parameters
+    ----------
+    result
+        The scored series.
+    source_datasets
+        Every CT dataset of the scored series (the evidence); pixel data not needed.
+    identity
+        The algorithm: device observer, TID 4019 and Content Contributing Equipment.
+    config
+        Series number, description and caution text.
+    seg
+        The lesion SEG from :func:`dicom_sr.seg.build_lesion_seg`, or ``None``;
+        when given, each measurement references the segments it was measured on.
+    """
+    score = result.score
+    with_mass = result.profile.mass_calibration_mg_per_mm3_hu is not None
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=identity.name,
+        version=identity.version,
+        parameters=algorithm_parameters(result.profile),
+        family=codes.AI_FAMILY,
+    )
+    segments = {} if seg is None else {str(s.SegmentLabel): int(s.SegmentNumber) for s in seg.SegmentSequence}
+    # The total comes first: it is the figure a reader looks for.
+    site = hd.sr.CodedConcept.from_code(codes.CORONARY_ARTERY)
+    total_source = segment_source(seg, sorted(segments.values())) if segments else None
+    groups = [_group(TOTAL, score.total, site, algorithm, with_mass, total_source)]
+    for name in ARTERY_NAMES:
+        source = segment_source(seg, [segments[name]]) if name in segments else None
+        site = hd.sr.CodedConcept.from_code(codes.ARTERY_CODES[name])
+        groups.append(_group(name, score.arteries[name], site, algorithm, with_mass, source))
+
+    observer = hd.sr.ObserverContext(
+        observer_type=dcm_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=identity.uid,
+            name=identity.name,
+            manufacturer_name=identity.manufacturer,
+            model_name=f"{identity.name} {identity.version}",
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.PROCEDURE_REPORTED,
+        imaging_measurements=groups,
+    )
+    report[0].ContentSequence.append(qualitative_evaluations(result, config))
+
+    evidence = header_copies(source_datasets)
+    if seg is not None:
+        evidence.append(seg)
+    equipment = hd.ContributingEquipment(
+        manufacturer=identity.manufacturer,
+        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+        manufacturer_model_name=identity.name,
+        software_versions=identity.software_version,
+        device_serial_number=identity.uid,
+        contribution_description=f"Calcium scoring by {identity.name} {identity.version}, algorithm UID {identity.uid}",
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=config.sr_series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=identity.manufacturer,
+        manufacturer_model_name=identity.name,
+        software_versions=identity.software_version,
+        device_serial_number=identity.uid,
+        series_description=config.sr_series_description,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[equipment],
+        coding_schemes=[codes.coding_scheme_identification()],
+    )
+    _separate_containers(sr)
+    return sr
+
+
+def _separate_containers(item: Dataset) -> None:
+    """Mark every container SEPARATE (PS3.3 C.18.8: Continuity of Content).
+
+    highdicom writes CONTINUOUS, which tells renderers the children form one
+    running text; ``dsr2html`` then prints bare values ("23.52 1 / 23.52 mm3")
+    without their concept names.  Our items are separate measurements.
+    """
+    if item.get("ValueType") == "CONTAINER":
+        item.ContinuityOfContent = "SEPARATE"
+    for child in item.get("ContentSequence", []):
+        _separate_containers(child)

@@ -1,0 +1,143 @@
+"""Build and write the report objects of one scored series (``report.md``): SR, SEG, summary.
+
+:func:`build_report` is what the node calls (config decides which optional
+objects are made); :func:`write_report_files` is what ``cacnode score --sr/
+--seg/--summary`` calls (the paths asked for decide).  Both build the objects
+together, so the SR references exactly the SEG instance written beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom_sr.config import ReportConfig
+from dicom_sr.seg import build_lesion_seg, segment_arteries
+from dicom_sr.sr import build_sr
+from dicom_sr.summary import build_summary
+from pipeline.errors import LabelsError
+from pipeline.identity import AlgorithmIdentity
+from pipeline.result import SeriesResult
+from pipeline.series import CTSeries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportObjects:
+    """The DICOM objects of one report, each in its own new series of the source study."""
+
+    sr: Dataset  # Comprehensive 3D SR, TID 1500
+    seg: Dataset | None  # lesion SEG; None when switched off or no artery has calcium
+    summary: Dataset | None  # Secondary Capture summary image; None when switched off
+
+    def datasets(self) -> list[Dataset]:
+        """The objects to send, SEG before the SR that references it."""
+        return [ds for ds in (self.seg, self.sr, self.summary) if ds is not None]
+
+
+def build_report(
+    result: SeriesResult,
+    labels: np.ndarray,
+    series: CTSeries,
+    identity: AlgorithmIdentity,
+    config: ReportConfig,
+) -> ReportObjects:
+    """The SR, and the SEG and summary image when ``config`` asks for them.
+
+    Parameters
+    ----------
+    result
+        The scores of ``series`` (from :func:`pipeline.result.score_series`).
+    labels
+        uint8 label map of ``series`` (0 background, 1-4 arteries), in its slice order.
+    series
+        The loaded series; its datasets are the evidence and the SEG's source frames.
+    identity
+        The algorithm that produced ``labels``.
+    config
+        Section ``[report]``.
+
+    Returns
+    -------
+    ReportObjects
+        No SEG is made for a series without calcium: a SEG needs a segment.
+
+    Raises
+    ------
+    LabelsError
+        When ``labels`` does not match the series.
+    """
+    if labels.shape != series.hu.shape:
+        raise LabelsError(
+            f"series {series.series_uid}: labels {labels.shape} do not match the series {series.hu.shape}"
+        )
+    seg = None
+    if config.write_seg:
+        if segment_arteries(labels):
+            seg = build_lesion_seg(
+                labels,
+                series.datasets,
+                identity,
+                series_number=config.seg_series_number,
+                series_description=config.seg_series_description,
+            )
+        else:
+            logger.info("series %s: no calcium labelled, no lesion SEG", series.series_uid)
+    sr = build_sr(result, series.datasets, identity, config, seg)
+    summary = build_summary(result, labels, series, identity, config) if config.write_summary else None
+    return ReportObjects(sr=sr, seg=seg, summary=summary)
+
+
+def write_report_files(
+    result: SeriesResult,
+    labels: np.ndarray,
+    series: CTSeries,
+    identity: AlgorithmIdentity,
+    config: ReportConfig,
+    sr_path: Path | None = None,
+    seg_path: Path | None = None,
+    summary_path: Path | None = None,
+) -> ReportObjects:
+    """Build the report and write the objects whose paths are given (DICOM Part 10 files).
+
+    The paths decide what is made, whatever ``config.write_seg`` and
+    ``config.write_summary`` say: asking for a file is asking for the object.
+    When ``seg_path`` is given but no artery has calcium, no SEG exists; that
+    is logged and no file is written there.  The SR references the SEG only
+    when the SEG is written.
+
+    Returns
+    -------
+    ReportObjects
+        The objects built (the SR always, written only when ``sr_path`` is given).
+    """
+    wanted = dataclasses.replace(config, write_seg=seg_path is not None, write_summary=summary_path is not None)
+    objects = build_report(result, labels, series, identity, wanted)
+    if seg_path is not None and objects.seg is None:
+        logger.warning("series %s: no calcium labelled, so no SEG written to %s", series.series_uid, seg_path)
+    for path, ds in ((sr_path, objects.sr), (seg_path, objects.seg), (summary_path, objects.summary)):
+        if path is not None and ds is not None:
+            save_atomically(ds, Path(path))
+    return objects
+
+
+def save_atomically(ds: Dataset, path: Path) -> None:
+    """Write ``ds`` to ``path`` through a temporary file, so no half-written file is ever seen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            ds.save_as(fh, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.debug("wrote %s (%s)", path, ds.SOPClassUID.name)

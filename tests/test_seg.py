@@ -1,0 +1,98 @@
+"""The lesion SEG (interface 5): segments, codes, frames, source references, errors."""
+
+from __future__ import annotations
+
+import io
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from test_report import IDENTITY, make_case
+
+from dicom_sr.seg import build_lesion_seg, segment_numbers
+from pipeline.errors import LabelsError
+
+DESCRIPTION = "Calcium lesions SEG - not for diagnostic use"
+
+
+def _write_read(ds: pydicom.Dataset) -> pydicom.Dataset:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)  # strict writing validation (conftest)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def test_one_segment_per_artery_with_calcium_and_its_codes() -> None:
+    series, labels, _ = make_case()
+    seg = _write_read(build_lesion_seg(labels, series.datasets, IDENTITY, series_number=9902,
+                                       series_description=DESCRIPTION))  # fmt: skip
+    segments = seg.SegmentSequence
+    assert [s.SegmentLabel for s in segments] == ["LAD", "RCA"]
+    assert [s.SegmentNumber for s in segments] == [1, 2]
+    assert segment_numbers(labels) == {"LAD": 1, "RCA": 2}
+    for segment, site in zip(segments, ("59438005", "13647002")):
+        assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "29483008"
+        assert segment.AnatomicRegionSequence[0].CodeValue == site
+        assert segment.SegmentAlgorithmType == "AUTOMATIC"
+        assert segment.SegmentAlgorithmName == IDENTITY.name
+    assert seg.SegmentationType == "BINARY"
+    assert (seg.SeriesNumber, seg.SeriesDescription) == (9902, DESCRIPTION)
+    assert seg.DeviceSerialNumber == IDENTITY.uid
+
+
+def test_empty_frames_are_kept_and_frames_match_the_labels() -> None:
+    series, labels, _ = make_case()
+    seg = _write_read(build_lesion_seg(labels, series.datasets, IDENTITY, series_number=9902,
+                                       series_description=DESCRIPTION))  # fmt: skip
+    n = len(series.datasets)
+    assert int(seg.NumberOfFrames) == 2 * n  # every slice, for both segments
+    parsed = hd.seg.Segmentation.from_dataset(seg)
+    for number, value in ((1, 2), (2, 4)):
+        for k, uid in enumerate(series.sop_instance_uids):
+            frame = parsed.get_pixels_by_source_instance(
+                source_sop_instance_uids=[uid], segment_numbers=[number]
+            )[0, :, :, 0]
+            assert np.array_equal(frame > 0, labels[k] == value), (number, k)
+
+
+def test_patient_study_copied_and_source_referenced() -> None:
+    series, labels, _ = make_case()
+    seg = build_lesion_seg(labels, series.datasets, IDENTITY, series_number=9902, series_description=DESCRIPTION)
+    source = series.datasets[0]
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert str(seg.PatientName) == str(source.PatientName) and seg.PatientID == source.PatientID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert seg.SeriesInstanceUID != source.SeriesInstanceUID
+    referenced = {
+        str(r.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence
+    }
+    assert referenced == set(series.sop_instance_uids)
+    # The source datasets keep their pixel data: the builder works on header copies.
+    assert all("PixelData" in ds for ds in series.datasets)
+
+
+def test_missing_type2_attributes_do_not_crash() -> None:
+    series, labels, _ = make_case(drop_type2=True)
+    seg = _write_read(build_lesion_seg(labels, series.datasets, IDENTITY, series_number=9902,
+                                       series_description=DESCRIPTION))  # fmt: skip
+    assert "PatientID" in seg and seg.PatientID == ""
+    assert "PatientName" not in series.datasets[0]  # the source is left as it was
+
+
+def test_odd_type2_values_are_written_empty_not_refused() -> None:
+    series, labels, _ = make_case()
+    series.datasets[0].PatientSex = "X"  # not M/F/O: highdicom would refuse it
+    seg = build_lesion_seg(labels, series.datasets, IDENTITY, series_number=9902, series_description=DESCRIPTION)
+    assert seg.PatientSex == ""
+    assert series.datasets[0].PatientSex == "X"  # the caller's dataset is not changed
+
+
+def test_no_calcium_or_wrong_shape_is_a_labels_error() -> None:
+    series, labels, _ = make_case(calcium=False)
+    with pytest.raises(LabelsError, match="no artery"):
+        build_lesion_seg(labels, series.datasets, IDENTITY, series_number=9902, series_description=DESCRIPTION)
+    series, labels, _ = make_case()
+    with pytest.raises(LabelsError, match=series.series_uid):
+        build_lesion_seg(labels[:, :-1], series.datasets, IDENTITY, series_number=9902, series_description=DESCRIPTION)
