@@ -1,0 +1,210 @@
+"""The phantom generator: determinism, valid DICOM, exact truth, distractors, anatomy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cacnode.cli import main as cacnode_main
+from conftest import dcmtk
+from training.phantom.anatomy import build_thorax
+from training.phantom.generate import PhantomCase, generate_case, write_case
+from training.phantom.params import draw_params
+
+CALCIUM_SEED = 9  # moderate calcium; aortic wall, valve and mitral annulus distractors; noise spikes; int16
+ZERO_SEED = 3  # severity "none", aortic wall and mitral annulus distractors, uint16 storage
+
+
+@pytest.fixture(scope="module")
+def calcium_case() -> PhantomCase:
+    return generate_case(CALCIUM_SEED)
+
+
+@pytest.fixture(scope="module")
+def zero_case() -> PhantomCase:
+    return generate_case(ZERO_SEED)
+
+
+@pytest.fixture(scope="module")
+def calcium_dir(calcium_case: PhantomCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_case(calcium_case, tmp_path_factory.mktemp("phantom"))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes(calcium_dir: Path, tmp_path: Path) -> None:
+    again = write_case(generate_case(CALCIUM_SEED), tmp_path)
+    first, second = _files(calcium_dir), _files(again)
+    assert "labels.seg.dcm" in first and "truth.json" in first and "labels.npy" in first
+    assert len([name for name in first if name.startswith("dicom/")]) == draw_params(CALCIUM_SEED).grid.n_slices
+    assert first.keys() == second.keys()
+    for name in first:
+        assert first[name] == second[name], name
+
+
+def test_different_seeds_differ(calcium_case: PhantomCase, zero_case: PhantomCase) -> None:
+    assert calcium_case.datasets[0].StudyInstanceUID != zero_case.datasets[0].StudyInstanceUID
+    assert calcium_case.datasets[0].SOPInstanceUID != zero_case.datasets[0].SOPInstanceUID
+    assert calcium_case.hu.shape != zero_case.hu.shape or not np.array_equal(calcium_case.hu, zero_case.hu)
+    assert calcium_case.params.heart != zero_case.params.heart
+
+
+def test_case_fields_are_consistent(calcium_case: PhantomCase) -> None:
+    case = calcium_case
+    assert case.hu.dtype == np.float32 and case.labels.dtype == np.uint8
+    assert case.hu.shape == case.labels.shape == (len(case.datasets), 512, 512)
+    assert len(case.file_names) == len(set(case.file_names)) == len(case.datasets)
+    assert set(np.unique(case.labels)) <= {0, 1, 2, 3, 4}
+    # hu is exactly what the files encode, in ascending z.
+    by_z = sorted(case.datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    for k in (0, len(by_z) // 2, len(by_z) - 1):
+        ds = by_z[k]
+        decoded = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(decoded, case.hu[k])
+    # Instance numbers follow the drawn slice order.
+    zs = [float(ds.ImagePositionPatient[2]) for ds in case.datasets]
+    assert zs == sorted(zs, reverse=case.params.scan.descending)
+
+
+def test_dciodvfy_reports_no_errors(calcium_dir: Path) -> None:
+    dciodvfy = dcmtk("dciodvfy")
+    files = sorted((calcium_dir / "dicom").iterdir())
+    for path in (files[0], files[-1], calcium_dir / "labels.seg.dcm"):
+        run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"{path.name}: {errors}"
+
+
+def test_cacnode_score_with_true_seg_reproduces_truth(
+    calcium_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pipeline.loader", reason="pipeline.loader (the LOADER helper's module) is not there yet")
+    truth = json.loads((calcium_dir / "truth.json").read_text())
+    assert truth["total"]["agatston"] > 0
+    capsys.readouterr()
+    rc = cacnode_main(["score", str(calcium_dir / "dicom"), "--labels", str(calcium_dir / "labels.seg.dcm"), "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out) == truth
+
+
+def test_labels_npy_matches_case(calcium_dir: Path, calcium_case: PhantomCase) -> None:
+    np.testing.assert_array_equal(np.load(calcium_dir / "labels.npy"), calcium_case.labels)
+
+
+def test_zero_case_scores_zero(zero_case: PhantomCase, tmp_path: Path) -> None:
+    assert zero_case.params.calcium.severity == "none"
+    assert not zero_case.labels.any()
+    assert zero_case.truth["total"] == {"agatston": 0.0, "volume_mm3": 0.0, "mass_mg": None, "lesions": 0}
+    assert zero_case.truth["risk_category"] == "0" and zero_case.truth["cac_drs"] == "A0"
+    # Bright voxels exist (bone, distractors, noise), they are just not coronary.
+    assert np.count_nonzero(zero_case.hu >= 130) > 1000
+    folder = write_case(zero_case, tmp_path)
+    assert not (folder / "labels.seg.dcm").exists()  # a SEG needs at least one segment
+    assert json.loads((folder / "truth.json").read_text()) == zero_case.truth
+
+
+def test_distractors_never_carry_a_coronary_label(calcium_case: PhantomCase, zero_case: PhantomCase) -> None:
+    for case in (calcium_case, zero_case):
+        assert case.distractor_blobs, "the test seeds are chosen to have distractors"
+        assert case.distractors.any()
+        assert not case.labels[case.distractors].any()
+        assert np.count_nonzero(case.hu[case.distractors] >= 130) > 0  # they do look like calcium
+        assert all(blob.label == 0 for blob in case.distractor_blobs)
+    # Bone: the vertebral body and ribs are far from every labelled voxel.
+    case = calcium_case
+    bone = case.hu >= 400
+    labelled = case.labels > 0
+    assert np.count_nonzero(bone & ~labelled) > 10 * np.count_nonzero(bone & labelled)
+
+
+def test_calcium_case_labels_are_plaques(calcium_case: PhantomCase) -> None:
+    case = calcium_case
+    counted = (case.labels > 0) & (case.hu >= 130)
+    assert counted.any()
+    assert 130 <= case.hu[case.labels > 0].max() <= 1700
+    arteries = {name for name, s in case.truth["arteries"].items() if s["agatston"] > 0}
+    labelled = {["LM", "LAD", "LCX", "RCA"][v - 1] for v in np.unique(case.labels) if v}
+    assert arteries <= labelled
+
+
+def _patient_xy(case: PhantomCase, row: int, col: int) -> tuple[float, float]:
+    ds = case.datasets[0]
+    x0, y0 = float(ds.ImagePositionPatient[0]), float(ds.ImagePositionPatient[1])
+    return x0 + col * float(ds.PixelSpacing[1]), y0 + row * float(ds.PixelSpacing[0])
+
+
+def _index(case: PhantomCase, x: float, y: float, z: float) -> tuple[int, int, int]:
+    g = case.params.grid
+    return (int(round((z - g.origin_mm[2]) / g.increment_mm)), int(round((y - g.origin_mm[1]) / g.spacing_mm)),
+            int(round((x - g.origin_mm[0]) / g.spacing_mm)))
+
+
+def test_anatomy_is_where_it_belongs(calcium_case: PhantomCase) -> None:
+    case = calcium_case
+    k = case.hu.shape[0] // 2
+    img = case.hu[k]
+    lungs = img < -500
+    bone = img >= 300
+    rows, cols = np.indices(img.shape)
+    # Lungs are dark and lie on both sides.
+    assert np.count_nonzero(lungs) > 0.15 * img.size
+    lung_x = [_patient_xy(case, int(r), int(c))[0] for r, c in zip(rows[lungs][::97], cols[lungs][::97])]
+    assert min(lung_x) < -40 and max(lung_x) > 40
+    # The spine is posterior (+y in LPS) and near the midline; it is the biggest bone cluster.
+    parts, n = ndimage.label(bone)
+    largest = 1 + int(np.argmax(ndimage.sum(bone, parts, range(1, n + 1))))
+    r, c = ndimage.center_of_mass(parts == largest)
+    sx, sy = _patient_xy(case, int(r), int(c))
+    assert sy > 30 and abs(sx) < 30
+    # The heart (ventricle centre) is anterior and left of the spine, in soft tissue.
+    frame = build_thorax(case.params).frame
+    hx, hy, hz = frame.center
+    kk, rr, cc = _index(case, hx, hy, hz)
+    patch = case.hu[kk, rr - 4 : rr + 5, cc - 4 : cc + 5]
+    assert -20 < float(patch.mean()) < 120
+    assert hx > sx + 10 and hy < sy - 40
+
+
+def test_encodings_and_geometries_vary_between_cases() -> None:
+    params = [draw_params(seed) for seed in range(40)]
+    assert {p.scan.descending for p in params} == {False, True}
+    assert {p.scan.stored for p in params} == {"int16", "uint16"}
+    assert len({p.scan.intercept for p in params}) >= 3
+    assert {(p.grid.thickness_mm, p.grid.increment_mm) for p in params} >= {(3.0, 3.0), (2.5, 2.5), (3.0, 1.5)}
+    assert 0.2 <= np.mean([p.calcium.severity == "none" for p in params]) <= 0.4
+
+
+def test_shifted_ranges_are_outside_the_training_ranges() -> None:
+    for seed in range(20):
+        train, held_out = draw_params(seed), draw_params(seed, shifted=True)
+        assert 0.5 <= train.grid.spacing_mm <= 0.9 and train.grid.thickness_mm in (2.5, 3.0)
+        assert not 0.5 < held_out.grid.spacing_mm < 0.9
+        assert held_out.grid.increment_mm == 2.0
+        assert 10.0 <= train.scan.noise_hu <= 40.0 and held_out.scan.noise_hu >= 35.0
+
+
+def test_shifted_case_is_generated(tmp_path: Path) -> None:
+    case = generate_case(2, shifted=True)
+    assert case.shifted and case.hu.shape[0] == case.params.grid.n_slices
+    assert case.datasets[0].Manufacturer not in {"SIEMENS", "GE MEDICAL SYSTEMS", "Philips", "TOSHIBA"}
+    assert case.truth["acquisition"]["increment_mm"] == pytest.approx(2.0)
+    assert case.datasets[0].StudyInstanceUID != generate_case(2).datasets[0].StudyInstanceUID
+
+
+def test_phantom_command_writes_cases_in_parallel(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rc = cacnode_main(["phantom", str(out), "--n", "2", "--seed", str(ZERO_SEED), "--workers", "2", "--no-progress"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"case-{ZERO_SEED:04d}", f"case-{ZERO_SEED + 1:04d}"]
+    for seed in (ZERO_SEED, ZERO_SEED + 1):
+        folder = out / f"case-{seed:04d}"
+        truth = json.loads((folder / "truth.json").read_text())
+        assert truth == generate_case(seed).truth
+        assert len(list((folder / "dicom").iterdir())) == draw_params(seed).grid.n_slices

@@ -1,0 +1,196 @@
+"""Coronary artery centrelines on the heart surface, and the plaques and distractors placed around them.
+
+The four scored arteries (``pipeline.arteries``) run in epicardial fat just
+outside the ventricle ellipsoid: the left main from the left ostium to its
+bifurcation, the LAD down the anterior interventricular groove to the apex,
+the LCX round the left atrioventricular groove, the RCA round the right
+atrioventricular groove to the posterior descending artery.  Each plaque is a
+small ellipsoid on the vessel wall with its artery's label; distractors are
+ellipsoids with label 0 on the aortic wall, aortic valve and mitral annulus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.arteries import BY_NAME
+from training.phantom.anatomy import HeartFrame, Thorax
+from training.phantom.params import PhantomParams
+
+
+@dataclass(frozen=True)
+class Vessel:
+    """A centreline (n, 3) in mm with the lumen radius at each point."""
+
+    name: str
+    points: np.ndarray
+    radii: np.ndarray
+
+    def at(self, t: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """Point, unit tangent and radius at arc-length fraction ``t`` in [0, 1]."""
+        seg = np.linalg.norm(np.diff(self.points, axis=0), axis=1)
+        cum = np.concatenate([[0.0], np.cumsum(seg)])
+        s = t * cum[-1]
+        i = int(np.clip(np.searchsorted(cum, s) - 1, 0, len(seg) - 1))
+        w = (s - cum[i]) / max(seg[i], 1e-9)
+        point = (1 - w) * self.points[i] + w * self.points[i + 1]
+        tangent = (self.points[i + 1] - self.points[i]) / max(seg[i], 1e-9)
+        return point, tangent, float((1 - w) * self.radii[i] + w * self.radii[i + 1])
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A small ellipsoid of dense material: a plaque (label 1-4) or a distractor (label 0)."""
+
+    center: np.ndarray  # (3,) mm
+    axes: np.ndarray  # (3, 3) rows are unit axes
+    semi: np.ndarray  # (3,) mm
+    hu: float  # material density before partial volume
+    label: int
+    kind: str  # "plaque", "aortic wall", "aortic valve", "mitral annulus"
+
+
+def _ring(frame: HeartFrame, s: float, phis: np.ndarray, margin: float) -> list[np.ndarray]:
+    return [frame.surface(s, float(phi), margin) for phi in phis]
+
+
+def coronary_tree(params: PhantomParams, thorax: Thorax) -> tuple[Vessel, ...]:
+    """The LM, LAD, LCX and RCA centrelines of this case."""
+    h, f = params.heart, thorax.frame
+    m = 0.5 * h.epicardial_fat + 1.0
+    k = h.lumen_scale
+    lad_phi = h.ant_groove_angle - 40.0
+    bif = f.surface(-0.93, lad_phi + 35.0, m + 2.0)
+    ostium_dir = bif - f.root
+    ostium_dir[2] = 0.0
+    ostium_l = f.root + h.root_radius * ostium_dir / np.linalg.norm(ostium_dir) + np.array([0.0, 0.0, 5.0])
+    lm_pts = np.linspace(ostium_l, bif, 6)
+    lad_s = np.linspace(-0.85, 0.97, 22)
+    lad_pts = np.array([bif] + [f.surface(float(s), lad_phi + 30.0 * (1 - (s + 1) / 2) ** 2, m) for s in lad_s])
+    lcx_phis = np.linspace(lad_phi + 60.0, h.lcx_end_angle, 16)
+    lcx_pts = np.array([bif] + _ring(f, -0.8, lcx_phis, m + 1.0))
+    rca_phis = np.linspace(-45.0, -190.0, 16)
+    # The proximal RCA runs round the right ventricle (beyond the ventricle ellipsoid), the distal part
+    # in the posterior atrioventricular groove close to it.
+    rca_margin = m + 10.0 - 8.0 * np.linspace(0.0, 1.0, len(rca_phis))
+    rca_ring = [f.surface(-0.82, float(phi), float(mm)) for phi, mm in zip(rca_phis, rca_margin)]
+    rca_start = rca_ring[0]
+    d = rca_start - f.root
+    d[2] = 0.0
+    ostium_r = f.root + h.root_radius * d / np.linalg.norm(d) + np.array([0.0, 0.0, 5.0])
+    pda_s = np.linspace(-0.75, -0.75 + 1.6 * h.pda_fraction, 8)
+    pda = [f.surface(float(s), -190.0, m + 2.0) for s in pda_s]
+    rca_pts = np.array([ostium_r, 0.5 * (ostium_r + rca_start) + np.array([0.0, -4.0, 0.0])] + rca_ring + pda)
+
+    def taper(n: int, r0: float, r1: float) -> np.ndarray:
+        return k * np.linspace(r0, r1, n)
+
+    return (
+        Vessel("LM", lm_pts, taper(len(lm_pts), 2.1, 1.9)),
+        Vessel("LAD", lad_pts, taper(len(lad_pts), 1.7, 0.7)),
+        Vessel("LCX", lcx_pts, taper(len(lcx_pts), 1.5, 0.8)),
+        Vessel("RCA", rca_pts, taper(len(rca_pts), 1.8, 0.9)),
+    )
+
+
+def _frame_at(tangent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    t = tangent / np.linalg.norm(tangent)
+    r = rng.normal(size=3)
+    n = r - (r @ t) * t
+    n /= np.linalg.norm(n)
+    return np.stack([t, n, np.cross(t, n)])
+
+
+# Plaque size (mm, the middle semi-axis before shape factors) and material density (HU at 120 kVp).
+_SIZES = {"mild": (0.6, 1.6), "moderate": (1.0, 2.6), "severe": (1.1, 3.4)}
+_DENSITY = {"mild": (250.0, 800.0), "moderate": (250.0, 1100.0), "severe": (300.0, 1450.0)}
+# Some plaques are tiny and faint: after partial volume they peak near 130 HU.
+_FAINT_SHARE = {"mild": 0.3, "moderate": 0.15, "severe": 0.15}
+_FAINT_SIZE = (0.65, 1.0)
+_FAINT_DENSITY = (220.0, 480.0)
+_ARTERY_SHARE = {"LM": 0.12, "LAD": 0.4, "LCX": 0.2, "RCA": 0.28}
+
+
+def _clear_of_aorta_and_spine(center: np.ndarray, reach: float, thorax: Thorax, spine_radius: float) -> bool:
+    """Whether a plaque of radius ``reach`` at ``center`` stays out of the descending aorta and the spine.
+
+    Where the heart's posterior surface meets them the coronary vessel is
+    painted over (they are drawn after it), so a plaque there would sit in
+    the aorta or in bone.
+    """
+    dx, dy, dr = thorax.aorta_desc
+    sx, sy = thorax.spine_center
+    return (np.hypot(center[0] - dx, center[1] - dy) > dr + 2.5 + reach
+            and np.hypot(center[0] - sx, center[1] - sy) > spine_radius * 1.1 + 4.0 + reach)
+
+
+def plaques(params: PhantomParams, vessels: tuple[Vessel, ...], thorax: Thorax) -> list[Blob]:
+    """The calcified plaques of this case (none for severity "none")."""
+    c = params.calcium
+    rng = np.random.default_rng([params.seed, 1 if params.shifted else 0, 0xCA1C])
+    if c.severity == "none":
+        return []
+    by_name = {v.name: v for v in vessels}
+    names = list(_ARTERY_SHARE)
+    share = np.array([_ARTERY_SHARE[n] for n in names])
+    lo, hi = _SIZES[c.severity]
+    dlo, dhi = _DENSITY[c.severity]
+    out = []
+    for _ in range(c.n_plaques):
+        name = names[int(rng.choice(len(names), p=share / share.sum()))]
+        vessel = by_name[name]
+        for _ in range(20):  # draw again where the vessel runs next to the aorta or the spine
+            t = float(rng.beta(1.3, 2.2)) if name != "LM" else float(rng.uniform(0.1, 0.9))
+            point, tangent, radius = vessel.at(t)
+            if _clear_of_aorta_and_spine(point, 10.0, thorax, params.body.spine_radius):
+                break
+        axes = _frame_at(tangent, rng)
+        faint = rng.random() < _FAINT_SHARE[c.severity]
+        s_lo, s_hi = _FAINT_SIZE if faint else (lo, hi)
+        size = float(np.exp(rng.uniform(np.log(s_lo), np.log(s_hi)))) * c.size_scale
+        semi = np.array([size * rng.uniform(1.0, 2.5), size * rng.uniform(0.6, 0.9), size * rng.uniform(0.8, 1.0)])
+        center = point + axes[1] * (radius + 0.3 * semi[1])  # on the wall, bulging outwards
+        d_lo, d_hi = _FAINT_DENSITY if faint else (dlo, dhi)
+        density = float(np.clip(rng.uniform(d_lo, d_hi) * c.density_scale * params.scan.calcium_gain, 140.0, 1450.0))
+        out.append(Blob(center, axes, semi, density, BY_NAME[name].label, "plaque"))
+    return out
+
+
+def distractors(params: PhantomParams, thorax: Thorax, avoid: list[Blob]) -> list[Blob]:
+    """Aortic wall, aortic valve and mitral annulus calcifications, kept clear of every plaque."""
+    c, h, f = params.calcium, params.heart, thorax.frame
+    rng = np.random.default_rng([params.seed, 1 if params.shifted else 0, 0xD157])
+    out: list[Blob] = []
+
+    def add(center: np.ndarray, size: float, kind: str) -> None:
+        for blob in avoid:
+            if np.linalg.norm(center - blob.center) < size * 2.5 + blob.semi.max() + 4.0:
+                return
+        axes = _frame_at(rng.normal(size=3), rng)
+        semi = size * np.array([rng.uniform(1.0, 2.2), rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)])
+        out.append(Blob(center, axes, semi, float(rng.uniform(250.0, 1200.0)), 0, kind))
+
+    top = params.grid.origin_mm[2] + params.grid.increment_mm * params.grid.n_slices
+    for _ in range(c.n_aortic_wall):
+        ang = rng.uniform(0, 2 * np.pi)
+        if rng.random() < 0.5:  # ascending aorta and root, some next to the ostia
+            z = float(rng.uniform(-6.0, min(top, 40.0)))
+            axis = thorax.ascending
+            t = np.clip((z - axis.a[2]) / max(axis.b[2] - axis.a[2], 1e-6), 0, 1)
+            centre = axis.a + t * (axis.b - axis.a)
+            r = h.asc_radius if z > 3 else h.root_radius
+        else:  # descending aorta
+            dx, dy, r = thorax.aorta_desc
+            centre = np.array([dx, dy, float(rng.uniform(params.grid.origin_mm[2], top))])
+        point = centre + r * np.array([np.cos(ang), np.sin(ang), 0.0])
+        add(point, float(rng.uniform(0.6, 2.5)), "aortic wall")
+    for _ in range(c.n_aortic_valve):
+        ang = rng.uniform(0, 2 * np.pi)
+        point = f.root + np.array([0.0, 0.0, -3.0]) + 0.6 * h.root_radius * np.array([np.cos(ang), np.sin(ang), 0.0])
+        add(point, float(rng.uniform(0.8, 2.5)), "aortic valve")
+    for _ in range(c.n_mitral):
+        phi = rng.uniform(60.0, 200.0)
+        add(f.surface(-0.75, float(phi), -h.radius_q * 0.15), float(rng.uniform(1.0, 3.0)), "mitral annulus")
+    return out
