@@ -1,31 +1,165 @@
-"""Config sections of the node: ``[scp]``, ``[series]``, ``[storage]``, ``[[destinations]]``."""
+"""Config sections of the node: ``[scp]``, ``[series]``, ``[storage]``, ``[[destinations]]``.
+
+Every key has a default, so a file holding only the contract keys
+(``scp.ae_title/host/port/allowed_calling_aets``, ``series.quiet_seconds``,
+``storage.directory`` and ``[[destinations]] ae_title/host/port``) is a valid
+config.  Values are checked here, at load, so a bad file fails before the node
+opens a port.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+
+# PS3.8 9.3.2: an AE title is at most 16 characters of the default character
+# repertoire, without backslash or control characters; all spaces is not a title.
+AE_TITLE_MAX = 16
+
+
+def check_ae_title(value: str, key: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is a usable AE title."""
+    if not value.strip():
+        raise ValueError(f"{key} must not be blank")
+    if len(value) > AE_TITLE_MAX:
+        raise ValueError(f"{key} {value!r} is longer than {AE_TITLE_MAX} characters")
+    if any(ch == "\\" or not (" " <= ch <= "~") for ch in value):
+        raise ValueError(f"{key} {value!r} may hold only printable ASCII without backslash")
+
+
+def check_port(value: int, key: str, allow_zero: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a TCP port (1-65535, or 0 for "off")."""
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        raise ValueError(f"{key} must be {low}-65535, got {value}")
+
+
+def _positive(value: float, key: str) -> None:
+    if not value > 0:
+        raise ValueError(f"{key} must be > 0, got {value}")
 
 
 @dataclass(frozen=True)
 class ScpConfig:
+    """The listener, its limits and the delivery of reports (``[scp]``)."""
+
     ae_title: str = "CACNODE"
     host: str = "127.0.0.1"
     port: int = 11112
     allowed_calling_aets: tuple[str, ...] = ()  # empty admits any caller (a warning is logged)
+    allowed_addresses: tuple[str, ...] = ()  # source IPs or networks (CIDR); empty admits any
+    # DICOM TLS (PS3.15 B.1): both certificate and key turn it on; a CA makes
+    # the node require and verify client certificates.
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    max_associations: int = 10  # simultaneous incoming associations
+    max_pdu: int = 262144  # maximum PDU length we receive, bytes (0 = unlimited)
+    max_instance_bytes: int = 268435456  # larger C-STORE datasets are refused (0xA700)
+    min_free_disk_bytes: int = 1073741824  # below this free space, C-STORE answers 0xA700
+    acse_timeout_seconds: float = 30.0
+    dimse_timeout_seconds: float = 60.0
+    network_timeout_seconds: float = 60.0
+    return_to_caller: bool = False  # also send reports to the AE that sent the series
+    return_port: int = 104  # port of the calling AE's storage SCP for return_to_caller
+    retry_max_attempts: int = 5  # C-STORE attempts per destination before "failed"
+    retry_backoff_seconds: float = 10.0  # first retry delay; doubles each attempt
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # health and Prometheus metrics over HTTP; 0 = off
+    log_phi: bool = False  # patient name/ID in log lines
+
+    def __post_init__(self) -> None:
+        check_ae_title(self.ae_title, "scp.ae_title")
+        if not self.host:
+            raise ValueError("scp.host must not be empty")
+        check_port(self.port, "scp.port")
+        for i, aet in enumerate(self.allowed_calling_aets):
+            check_ae_title(aet, f"scp.allowed_calling_aets[{i}]")
+        for i, addr in enumerate(self.allowed_addresses):
+            try:
+                ipaddress.ip_network(addr, strict=False)
+            except ValueError:
+                raise ValueError(f"scp.allowed_addresses[{i}] {addr!r} is not an IP address or network") from None
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("scp.tls_certificate and scp.tls_key must be given together")
+        if self.tls_ca is not None and self.tls_certificate is None:
+            raise ValueError("scp.tls_ca needs scp.tls_certificate and scp.tls_key")
+        if self.max_associations < 1:
+            raise ValueError(f"scp.max_associations must be >= 1, got {self.max_associations}")
+        # PS3.8 D.3.3.2.1: a maximum length below the PDU header is meaningless
+        if self.max_pdu != 0 and self.max_pdu < 4096:
+            raise ValueError(f"scp.max_pdu must be 0 (unlimited) or >= 4096, got {self.max_pdu}")
+        if self.max_instance_bytes < 1:
+            raise ValueError(f"scp.max_instance_bytes must be >= 1, got {self.max_instance_bytes}")
+        if self.min_free_disk_bytes < 0:
+            raise ValueError(f"scp.min_free_disk_bytes must be >= 0, got {self.min_free_disk_bytes}")
+        _positive(self.acse_timeout_seconds, "scp.acse_timeout_seconds")
+        _positive(self.dimse_timeout_seconds, "scp.dimse_timeout_seconds")
+        _positive(self.network_timeout_seconds, "scp.network_timeout_seconds")
+        check_port(self.return_port, "scp.return_port")
+        if self.retry_max_attempts < 1:
+            raise ValueError(f"scp.retry_max_attempts must be >= 1, got {self.retry_max_attempts}")
+        _positive(self.retry_backoff_seconds, "scp.retry_backoff_seconds")
+        check_port(self.metrics_port, "scp.metrics_port", allow_zero=True)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certificate is not None
 
 
 @dataclass(frozen=True)
 class SeriesConfig:
+    """When a series counts as complete (``[series]``)."""
+
+    # Orthanc's "stable series" idea: complete once nothing arrived for this long.
     quiet_seconds: float = 10.0
+    # Complete before the quiet period when Images in Acquisition (0020,1002)
+    # says how many slices to expect and all of them are in.
+    early_completion: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self.quiet_seconds, "series.quiet_seconds")
 
 
 @dataclass(frozen=True)
 class StorageConfig:
+    """Where the spool, the database and the results live (``[storage]``)."""
+
     directory: Path = Path("var/cacnode")
+    # Also fsync the series folder after each instance's rename: POSIX-strict
+    # durability on file systems without an ordered-data journal (ext4 and XFS
+    # commit the rename with the file's own fsync); about twice the cost per instance.
+    fsync_directory: bool = False
+
+    @property
+    def spool(self) -> Path:
+        return self.directory / "spool"
+
+    @property
+    def results(self) -> Path:
+        return self.directory / "results"
+
+    @property
+    def database(self) -> Path:
+        return self.directory / "cacnode.sqlite3"
 
 
 @dataclass(frozen=True)
 class Destination:
+    """A storage SCP that receives the reports (``[[destinations]]``)."""
+
     ae_title: str
     host: str
     port: int
+
+    def __post_init__(self) -> None:
+        check_ae_title(self.ae_title, "destinations.ae_title")
+        if not self.host:
+            raise ValueError("destinations.host must not be empty")
+        check_port(self.port, "destinations.port")
+
+    @property
+    def key(self) -> str:
+        """The name of this destination in the database and the logs."""
+        return f"{self.ae_title}@{self.host}:{self.port}"

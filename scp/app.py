@@ -1,0 +1,357 @@
+"""``cacnode serve``: wire the listener, the completion scheduler, the worker, delivery and metrics.
+
+One process listens (pynetdicom's threaded server: one thread per
+association, each running the thin C-STORE handler of ``scp.handlers``), and
+its main thread completes series by quiet period; a second process (the
+worker, ``scp.worker``) keeps the model loaded and scores; a thread delivers
+reports; an optional thread serves health and metrics.  They share nothing
+but the spool and the database, so the worker's work never blocks a sender
+and a restart after a crash picks up everything from disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from types import FrameType
+
+from pydicom import uid as uids
+from pydicom.pixels import get_decoder
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from cacnode.config import Config
+from pipeline.errors import CacnodeError
+from scp.completion import CompletionPolicy
+from scp.db import Database
+from scp.delivery import DeliveryLoop, DeliveryPolicy
+from scp.handlers import StoreContext, handle_accepted, handle_echo, handle_rejected, handle_store
+from scp.metrics import Counters, MetricsServer, prometheus_text
+from scp.sources import SourceFilter
+from scp.spool import Spool
+from scp.worker import WorkerSettings, run_worker
+
+log = logging.getLogger(__name__)
+
+# Uncompressed syntaxes (PS3.5 A.1-A.3) and the lossless compressed ones
+# scanners and PACS use (PS3.5 A.4: JPEG Lossless 14 and SV1, JPEG-LS
+# lossless, JPEG 2000 lossless, RLE).  A compressed one is offered only when a
+# pixel decoder for it is installed, so we never accept what we cannot read.
+UNCOMPRESSED = (uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian, uids.ExplicitVRBigEndian)
+LOSSLESS = (
+    uids.JPEGLosslessSV1,
+    uids.JPEGLossless,
+    uids.JPEGLSLossless,
+    uids.JPEG2000Lossless,
+    uids.RLELossless,
+)
+SCHEDULER_TICK_SECONDS = 0.1  # how often due series are looked for; bounds the added latency
+STOP_GRACE_SECONDS = 30.0  # how long a stop waits for open associations and the current job
+WORKER_RESTART_MAX_SECONDS = 300.0
+
+
+def transfer_syntaxes() -> list[str]:
+    """The syntaxes we accept for CT images: uncompressed plus each lossless one we can decode."""
+    accepted = list(UNCOMPRESSED)
+    for syntax in LOSSLESS:
+        try:
+            available = get_decoder(syntax).is_available
+        except (NotImplementedError, ValueError):
+            available = False
+        if available:
+            accepted.append(syntax)
+        else:
+            log.warning("no pixel decoder for %s installed; not accepted", syntax.name)
+    return accepted
+
+
+def build_ae(config: Config) -> AE:
+    """The application entity with our title, limits, timeouts and accepted contexts.
+
+    Only CT Image Storage and Verification are supported: any other SOP class
+    is refused at association negotiation (PS3.8 9.3.3.2, presentation context
+    result "abstract syntax not supported"), never silently dropped.  Enhanced
+    CT is not offered because the loader reads single-frame CT only.
+    """
+    c = config.scp
+    ae = AE(ae_title=c.ae_title)
+    ae.maximum_associations = c.max_associations
+    ae.maximum_pdu_size = c.max_pdu
+    ae.acse_timeout = c.acse_timeout_seconds
+    ae.dimse_timeout = c.dimse_timeout_seconds
+    ae.network_timeout = c.network_timeout_seconds
+    ae.require_called_aet = True
+    ae.require_calling_aet = list(c.allowed_calling_aets)
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(CTImageStorage, transfer_syntaxes())
+    return ae
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """DICOM TLS (PS3.15 B.1) server context from ``[scp]``, or None when TLS is off."""
+    c = config.scp
+    if not c.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile=str(c.tls_certificate), keyfile=str(c.tls_key))
+        if c.tls_ca is not None:
+            context.load_verify_locations(cafile=str(c.tls_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise CacnodeError(f"scp TLS: cannot load {c.tls_certificate}, {c.tls_key} or {c.tls_ca}: {exc}") from None
+    return context
+
+
+def worker_settings(config: Config) -> WorkerSettings:
+    return WorkerSettings(
+        storage=config.storage,
+        model=config.model,
+        eligibility=config.eligibility,
+        scoring=config.scoring,
+        report=config.report,
+        destinations=config.destinations,
+        return_to_caller=config.scp.return_to_caller,
+        return_port=config.scp.return_port,
+    )
+
+
+def _worker_main(settings: WorkerSettings, control: Connection, parent_pid: int, level: int) -> None:
+    """Entry of the spawned worker process; its exit code is ``run_worker``'s.
+
+    A spawned process starts with logging unconfigured; this is the app's
+    process entry, so it sets up the same format as the CLI.
+    """
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
+    _quiet_chatty_libraries()
+    raise SystemExit(run_worker(settings, control, parent_pid))
+
+
+def _quiet_chatty_libraries() -> None:
+    """One log line per event: pynetdicom (per PDU and instance) and highdicom (per copied module) say more at INFO."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("pynetdicom", "highdicom"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class WorkerSupervisor:
+    """Runs the worker process and restarts it (with back-off) if it dies."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        # spawn, not fork: the listener has threads, and torch must start clean
+        self._ctx = multiprocessing.get_context("spawn")
+        self._settings = settings
+        self._proc: SpawnProcess | None = None
+        self._control: Connection | None = None
+        self._ready = False
+        self._stopping = False
+        self._restart_at = 0.0
+        self._backoff = 5.0
+
+    def start(self) -> None:
+        self._ready = False
+        ours, theirs = self._ctx.Pipe()
+        level = logging.getLogger().getEffectiveLevel()
+        self._proc = self._ctx.Process(
+            target=_worker_main, args=(self._settings, theirs, os.getpid(), level), name="cacnode-worker"
+        )
+        self._proc.start()
+        theirs.close()  # only the worker holds that end now, so our death reads as EOF there
+        self._control = ours
+        log.info("worker started (pid %d); loading the model", self._proc.pid)
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def ready(self) -> bool:
+        if not self._ready and self._control is not None:
+            try:
+                self._ready = self._control.poll(0) and self._control.recv() == "ready"
+            except (EOFError, OSError):
+                self._ready = False
+        return self.alive() and self._ready
+
+    def supervise(self, now: float) -> None:
+        """Restart a worker that exited while the node is running."""
+        if self._proc is None or self._proc.is_alive() or self._stopping:
+            return
+        if self._restart_at == 0.0:
+            log.error("worker exited with code %s; restarting in %.0f s", self._proc.exitcode, self._backoff)
+            self._restart_at = now + self._backoff
+            self._backoff = min(self._backoff * 2, WORKER_RESTART_MAX_SECONDS)
+        elif now >= self._restart_at:
+            self._restart_at = 0.0
+            self.start()
+
+    def stop(self, grace: float) -> None:
+        """Let the current job finish (up to ``grace`` s); a job cut short is re-queued at the next start."""
+        self._stopping = True
+        if self._proc is None:
+            return
+        try:
+            self._control.send("stop")  # type: ignore[union-attr]
+        except OSError:
+            pass  # the worker has already exited
+        self._proc.join(grace)
+        if self._proc.is_alive():
+            log.warning("worker still busy after %.0f s; terminating (its job is re-queued at the next start)", grace)
+            self._proc.terminate()
+            self._proc.join(5.0)
+
+
+class Node:
+    """Everything ``cacnode serve`` runs, startable and stoppable from one thread."""
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.counters = Counters()
+        storage = config.storage
+        storage.directory.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(storage.spool, config.scp.min_free_disk_bytes, storage.fsync_directory)
+        self.db = Database(storage.database)
+        self.policy = CompletionPolicy(config.series.quiet_seconds, config.series.early_completion)
+        self.ae = build_ae(config)
+        self.worker = WorkerSupervisor(worker_settings(config))
+        c = config.scp
+        self.delivery = DeliveryLoop(
+            self.db,
+            DeliveryPolicy(
+                calling_ae_title=c.ae_title,
+                max_attempts=c.retry_max_attempts,
+                backoff_seconds=c.retry_backoff_seconds,
+                acse_timeout=c.acse_timeout_seconds,
+                dimse_timeout=c.dimse_timeout_seconds,
+                network_timeout=c.network_timeout_seconds,
+            ),
+            clock,
+            self.counters,
+        )
+        self.metrics: MetricsServer | None = None
+        self._server: ThreadedAssociationServer | None = None
+
+    def recover(self) -> None:
+        """Pick up what a previous run left: partial files, spooled but unrecorded instances, jobs, open series."""
+        now = self.clock()
+        dropped = self.spool.clear_incoming()
+        if dropped:
+            log.info("removed %d partial file(s) of instances never acknowledged", dropped)
+        found = self.db.add_spooled(self.spool.scan(), now)
+        for series_uid in found:
+            log.info("series %s: spooled instances recovered into the database", series_uid)
+        requeued = self.db.recover(now)
+        if requeued:
+            log.info("%d job(s) interrupted by the last stop re-queued", requeued)
+        for s in self.db.open_series():
+            # the quiet period restarts now: a sender cut off by the crash may still resend
+            self.policy.restore(s.series_uid, now, s.n_instances, s.expected)
+            log.info("series %s: still open with %d instance(s)", s.series_uid, s.n_instances)
+
+    def start(self) -> None:
+        c = self.config.scp
+        self.recover()
+        if not c.allowed_calling_aets:
+            log.warning("scp.allowed_calling_aets is empty: any calling AE title is admitted")
+        ctx = StoreContext(
+            spool=self.spool,
+            db=self.db,
+            policy=self.policy,
+            counters=self.counters,
+            max_instance_bytes=c.max_instance_bytes,
+            clock=self.clock,
+            log_phi=c.log_phi,
+        )
+        sources = SourceFilter(c.allowed_addresses)
+        handlers = [
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [ctx]),
+            (evt.EVT_REQUESTED, sources.handle_requested, [self.counters]),
+            (evt.EVT_REJECTED, handle_rejected, [c.allowed_calling_aets, self.counters]),
+            (evt.EVT_ACCEPTED, handle_accepted, [self.counters]),
+        ]
+        try:
+            self._server = self.ae.start_server(
+                (c.host, c.port), block=False, evt_handlers=handlers, ssl_context=tls_context(self.config)
+            )
+        except OSError as exc:
+            raise CacnodeError(f"cannot listen on {c.host}:{c.port}: {exc.strerror or exc}") from None
+        self.worker.start()
+        self.delivery.start()
+        if c.metrics_port:
+            self.metrics = MetricsServer(c.metrics_host, c.metrics_port, self.metrics_text, self.health)
+            self.metrics.start()
+        log.info(
+            "listening as %s on %s:%d%s; quiet period %.1f s; %d destination(s)",
+            c.ae_title, c.host, c.port, " (TLS)" if c.tls else "", self.config.series.quiet_seconds,
+            len(self.config.destinations),
+        )
+
+    def tick(self) -> None:
+        """Queue a job for every series that became complete; keep the worker alive."""
+        now = self.clock()
+        for series_uid in self.policy.due(now):
+            job_id = self.db.complete_series(series_uid, now)
+            if job_id is not None:
+                self.counters.inc("series_completed_total")
+                log.info("series %s: complete; queued as job %d", series_uid, job_id)
+        self.worker.supervise(now)
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop accepting, let open associations finish, then the delivery, the worker and metrics."""
+        if self._server is not None:
+            self._server.shutdown()  # the listening socket closes; open associations go on
+            deadline = time.monotonic() + grace
+            while self.ae.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.ae.shutdown()  # aborts what is still open: those instances were never acknowledged
+        self.tick()  # a series that became due while stopping is queued, not forgotten
+        self.delivery.stop(grace)
+        self.worker.stop(grace)
+        if self.metrics is not None:
+            self.metrics.stop()
+        self.db.close()
+        log.info("stopped")
+
+    def metrics_text(self) -> str:
+        return prometheus_text(self.counters.snapshot(), self.db.state_counts())
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        listening = self._server is not None
+        worker = "ready" if self.worker.ready() else ("loading" if self.worker.alive() else "down")
+        ok = listening and worker == "ready" and self.delivery.is_alive()
+        return ok, {"listener": "up" if listening else "down", "worker": worker,
+                    "delivery": "up" if self.delivery.is_alive() else "down"}
+
+
+def serve(config: Config) -> int:
+    """Run the node in the foreground until SIGINT or SIGTERM; return the exit code."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    if not config.model.weights.is_file():  # fail before opening a port, not in the worker's restart loop
+        raise CacnodeError(f"model weights {config.model.weights} not found ([model] weights)")
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    _quiet_chatty_libraries()
+    node = Node(config)
+    try:
+        node.start()
+        while not stop.is_set():
+            node.tick()
+            stop.wait(SCHEDULER_TICK_SECONDS)
+    finally:
+        node.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

@@ -1,0 +1,357 @@
+"""The node's embedded database (SQLite, WAL): instances, series, jobs, deliveries.
+
+All SQL of the node is here (the table definitions in ``scp.db_schema``).  State machines:
+
+- series: ``received`` -> ``complete`` -> ``running`` -> ``reported`` -> ``sent``,
+  or ``skipped`` (not eligible) / ``failed`` (with a reason).  A new instance
+  for a series in any later state re-opens it (back to ``received``).
+- jobs (one per completion of a series, numbered by ``generation``): the same
+  states from ``complete`` on, plus ``superseded`` when a re-opened series
+  makes a queued job pointless.
+- deliveries (one per job and destination): ``pending`` -> ``sent``, or
+  ``failed`` after the configured attempts, or ``superseded`` by a newer report.
+
+Several threads of the listener process and the worker process use the file at
+once; each process holds one connection behind a lock, and WAL lets readers
+and the single writer proceed together.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from scp.db_schema import SCHEMA, Delivery, Job, OpenSeries
+from scp.spool import InstanceKey
+
+
+class Database:
+    """The node's state, in one SQLite file.
+
+    Parameters
+    ----------
+    path
+        The database file (created with its tables if missing).
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (kill -9); after a power
+        # loss the last commits may roll back, and the spool scan at start
+        # (Database.add_spooled) re-records any instance whose file is there.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        with self._lock:
+            self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken immediately so concurrent writers queue instead of deadlocking."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # -- receiving -------------------------------------------------------------
+
+    def record_instance(
+        self,
+        key: InstanceKey,
+        sop_class_uid: str | None,
+        path: Path,
+        size: int,
+        now: float,
+        *,
+        calling_aet: str | None = None,
+        calling_host: str | None = None,
+        expected: int | None = None,
+    ) -> tuple[bool, bool]:
+        """Record a spooled instance; return ``(new, reopened)``.
+
+        ``new`` is False for an instance already recorded (sent twice): it
+        causes no work.  ``reopened`` is True when the instance is new to a
+        series that had already been completed.
+        """
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO series (series_uid, study_uid, state, first_received, last_received, updated)"
+                " VALUES (?, ?, 'received', ?, ?, ?)",
+                (key.series_uid, key.study_uid, now, now, now),
+            )
+            cur = c.execute(
+                "INSERT OR IGNORE INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, path, size, received)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key.sop_uid, key.series_uid, key.study_uid, sop_class_uid, str(path), size, now),
+            )
+            new = cur.rowcount == 1
+            if not new:
+                return False, False
+            state = c.execute("SELECT state FROM series WHERE series_uid = ?", (key.series_uid,)).fetchone()[0]
+            reopened = state != "received"
+            c.execute(
+                "UPDATE series SET state = 'received', reason = NULL, n_instances = n_instances + 1,"
+                " last_received = ?, updated = ?, expected = COALESCE(?, expected),"
+                " calling_aet = COALESCE(?, calling_aet), calling_host = COALESCE(?, calling_host)"
+                " WHERE series_uid = ?",
+                (now, now, expected, calling_aet, calling_host, key.series_uid),
+            )
+            if reopened:
+                # a queued job would score an incomplete series: the next one replaces it
+                c.execute(
+                    "UPDATE jobs SET state = 'superseded', finished = ? WHERE series_uid = ? AND state = 'complete'",
+                    (now, key.series_uid),
+                )
+            return True, reopened
+
+    def add_spooled(self, found: Sequence[tuple[InstanceKey, Path]], now: float) -> list[str]:
+        """Record spooled files the database does not know (crash between rename and commit).
+
+        Returns the series UIDs that gained instances.
+        """
+        known = {row[0] for row in self._query("SELECT sop_uid FROM instances")}
+        touched = []
+        for key, path in found:
+            if key.sop_uid in known:
+                continue
+            new, _ = self.record_instance(key, None, path, path.stat().st_size, now)
+            if new and key.series_uid not in touched:
+                touched.append(key.series_uid)
+        return touched
+
+    def open_series(self) -> list[OpenSeries]:
+        """Series still collecting instances (state ``received``)."""
+        rows = self._query(
+            "SELECT series_uid, n_instances, expected, last_received FROM series WHERE state = 'received'"
+        )
+        return [OpenSeries(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def complete_series(self, series_uid: str, now: float) -> int | None:
+        """Close a series and queue a job for it; ``None`` if it was not open."""
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT study_uid, generation FROM series WHERE series_uid = ? AND state = 'received'", (series_uid,)
+            ).fetchone()
+            if row is None:
+                return None
+            generation = row[1] + 1
+            c.execute(
+                "UPDATE series SET state = 'complete', generation = ?, updated = ? WHERE series_uid = ?",
+                (generation, now, series_uid),
+            )
+            cur = c.execute(
+                "INSERT INTO jobs (series_uid, study_uid, generation, state, created) VALUES (?, ?, ?, 'complete', ?)",
+                (series_uid, row[0], generation, now),
+            )
+            return cur.lastrowid
+
+    # -- processing ------------------------------------------------------------
+
+    def claim_job(self, now: float) -> Job | None:
+        """Take the oldest queued job and mark it running."""
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT j.id, j.series_uid, j.study_uid, j.generation, s.calling_aet, s.calling_host"
+                " FROM jobs j JOIN series s USING (series_uid) WHERE j.state = 'complete' ORDER BY j.id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE jobs SET state = 'running', started = ? WHERE id = ?", (now, row[0]))
+            self._series_follows(c, row[0], "running", None, now)
+            return Job(*row)
+
+    def finish_job(
+        self,
+        job_id: int,
+        now: float,
+        *,
+        result_dir: Path,
+        sr_uid: str,
+        total_agatston: float,
+        destinations: Sequence[tuple[str, str, int]],
+    ) -> None:
+        """A report was written: record it and queue one delivery per destination.
+
+        Pending deliveries of older reports of the same series are superseded.
+        """
+        with self._tx() as c:
+            series_uid = c.execute("SELECT series_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            c.execute(
+                "UPDATE deliveries SET state = 'superseded', updated = ? WHERE series_uid = ? AND state = 'pending'",
+                (now, series_uid),
+            )
+            state = "reported" if destinations else "sent"
+            c.execute(
+                "UPDATE jobs SET state = ?, finished = ?, result_dir = ?, sr_uid = ?, total_agatston = ? WHERE id = ?",
+                (state, now, str(result_dir), sr_uid, total_agatston, job_id),
+            )
+            for ae_title, host, port in destinations:
+                c.execute(
+                    "INSERT INTO deliveries (job_id, series_uid, destination, ae_title, host, port, state,"
+                    " next_attempt, updated) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (job_id, series_uid, f"{ae_title}@{host}:{port}", ae_title, host, port, now, now),
+                )
+            self._series_follows(c, job_id, state, None, now)
+
+    def end_job(self, job_id: int, state: str, reason: str, now: float) -> None:
+        """Mark a job ``skipped`` or ``failed`` with its reason."""
+        if state not in ("skipped", "failed"):
+            raise ValueError(f"end_job: state must be skipped or failed, got {state!r}")
+        with self._tx() as c:
+            c.execute("UPDATE jobs SET state = ?, reason = ?, finished = ? WHERE id = ?", (state, reason, now, job_id))
+            self._series_follows(c, job_id, state, reason, now)
+
+    @staticmethod
+    def _series_follows(c: sqlite3.Connection, job_id: int, state: str, reason: str | None, now: float) -> None:
+        """Copy a job's state to its series, unless the series was re-opened since (newer generation)."""
+        c.execute(
+            "UPDATE series SET state = ?, reason = ?, updated = ? WHERE series_uid ="
+            " (SELECT series_uid FROM jobs WHERE id = ?) AND generation = (SELECT generation FROM jobs WHERE id = ?)"
+            " AND state != 'received'",
+            (state, reason, now, job_id, job_id),
+        )
+
+    # -- delivery --------------------------------------------------------------
+
+    def due_deliveries(self, now: float) -> list[Delivery]:
+        rows = self._query(
+            "SELECT d.id, d.job_id, d.series_uid, d.destination, d.ae_title, d.host, d.port, d.attempts, j.result_dir"
+            " FROM deliveries d JOIN jobs j ON j.id = d.job_id"
+            " WHERE d.state = 'pending' AND d.next_attempt <= ? ORDER BY d.next_attempt, d.id",
+            (now,),
+        )
+        return [Delivery(*r) for r in rows]
+
+    def next_delivery_time(self) -> float | None:
+        rows = self._query("SELECT MIN(next_attempt) FROM deliveries WHERE state = 'pending'")
+        return rows[0][0]
+
+    def delivery_attempted(self, delivery_id: int, now: float, *, error: str | None, next_attempt: float | None) -> str:
+        """Record one attempt; returns the delivery's new state.
+
+        ``error`` None means sent.  With an error, ``next_attempt`` None means
+        no attempts are left (``failed``), else it stays ``pending`` until then.
+        """
+        if error is None:
+            state = "sent"
+        else:
+            state = "failed" if next_attempt is None else "pending"
+        with self._tx() as c:
+            c.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?,"
+                " next_attempt = COALESCE(?, next_attempt), updated = ? WHERE id = ? AND state = 'pending'",
+                (state, error, next_attempt, now, delivery_id),
+            )
+            job_id = c.execute("SELECT job_id FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+            self._job_from_deliveries(c, job_id, now)
+        return state
+
+    def _job_from_deliveries(self, c: sqlite3.Connection, job_id: int, now: float) -> None:
+        """A job is ``sent`` when every live delivery is sent, ``failed`` when one failed and none is pending."""
+        states = [
+            r[0]
+            for r in c.execute("SELECT state FROM deliveries WHERE job_id = ? AND state != 'superseded'", (job_id,))
+        ]
+        if not states or "pending" in states:
+            return
+        if all(s == "sent" for s in states):
+            state, reason = "sent", None
+        else:
+            failed = [
+                r[0]
+                for r in c.execute(
+                    "SELECT destination FROM deliveries WHERE job_id = ? AND state = 'failed'", (job_id,)
+                )
+            ]
+            state, reason = "failed", f"delivery failed to {', '.join(failed)}"
+        c.execute("UPDATE jobs SET state = ?, reason = ? WHERE id = ?", (state, reason, job_id))
+        self._series_follows(c, job_id, state, reason, now)
+
+    def retry_failed(self, now: float, series_uid: str | None = None) -> int:
+        """Put failed deliveries back in the queue with fresh attempts; return how many."""
+        with self._tx() as c:
+            where = "state = 'failed'" + (" AND series_uid = ?" if series_uid else "")
+            args: tuple[Any, ...] = (series_uid,) if series_uid else ()
+            job_ids = [r[0] for r in c.execute(f"SELECT DISTINCT job_id FROM deliveries WHERE {where}", args)]
+            cur = c.execute(
+                f"UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt = ?, updated = ? WHERE {where}",
+                (now, now, *args),
+            )
+            for job_id in job_ids:
+                c.execute("UPDATE jobs SET state = 'reported', reason = NULL WHERE id = ?", (job_id,))
+                self._series_follows(c, job_id, "reported", None, now)
+            return cur.rowcount
+
+    # -- restart and status ----------------------------------------------------
+
+    def recover(self, now: float) -> int:
+        """After a crash: jobs left running go back to the queue; return how many.
+
+        A job whose series was re-opened meanwhile is superseded instead: the
+        series' next completion queues a job with all its instances.
+        """
+        with self._tx() as c:
+            c.execute(
+                "UPDATE jobs SET state = 'superseded', finished = ? WHERE state = 'running' AND series_uid IN"
+                " (SELECT series_uid FROM series WHERE state = 'received')",
+                (now,),
+            )
+            ids = [r[0] for r in c.execute("SELECT id FROM jobs WHERE state = 'running'")]
+            for job_id in ids:
+                c.execute("UPDATE jobs SET state = 'complete', started = NULL WHERE id = ?", (job_id,))
+                self._series_follows(c, job_id, "complete", None, now)
+            return len(ids)
+
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        """Number of series, jobs and deliveries in each state (for status and metrics)."""
+        out: dict[str, dict[str, int]] = {}
+        for table in ("series", "jobs", "deliveries"):
+            rows = self._query(f"SELECT state, COUNT(*) FROM {table} GROUP BY state")
+            out[table] = {r[0]: r[1] for r in rows}
+        out["instances"] = {"total": self._query("SELECT COUNT(*) FROM instances")[0][0]}
+        return out
+
+    def series_rows(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT s.series_uid, s.study_uid, s.state, s.reason, s.n_instances, s.generation, s.last_received,"
+            " j.id AS job_id, j.sr_uid, j.total_agatston FROM series s"
+            " LEFT JOIN jobs j ON j.series_uid = s.series_uid AND j.generation = s.generation"
+            " ORDER BY s.last_received DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(r) for r in rows]
+
+    def delivery_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT id, job_id, series_uid, destination, state, attempts, last_error, updated FROM deliveries"
+            " WHERE state != 'superseded' ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(r) for r in rows]
+
+    def series_state(self, series_uid: str) -> str | None:
+        rows = self._query("SELECT state FROM series WHERE series_uid = ?", (series_uid,))
+        return rows[0][0] if rows else None
+
+    def instance_paths(self, series_uid: str) -> list[Path]:
+        return [Path(r[0]) for r in self._query("SELECT path FROM instances WHERE series_uid = ?", (series_uid,))]

@@ -1,0 +1,99 @@
+"""The node database's tables and the rows other modules read from it (see ``scp.db`` for the states)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,
+    n_instances INTEGER NOT NULL DEFAULT 0,
+    expected INTEGER,
+    calling_aet TEXT,
+    calling_host TEXT,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    study_uid TEXT NOT NULL,
+    sop_class_uid TEXT,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    result_dir TEXT,
+    sr_uid TEXT,
+    total_agatston REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    series_uid TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    ae_title TEXT NOT NULL,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_error TEXT,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A queued or running scoring job, with where its series came from (for ``return_to_caller``)."""
+
+    id: int
+    series_uid: str
+    study_uid: str
+    generation: int
+    calling_aet: str | None
+    calling_host: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One report to send to one destination."""
+
+    id: int
+    job_id: int
+    series_uid: str
+    destination: str
+    ae_title: str
+    host: str
+    port: int
+    attempts: int
+    result_dir: str
+
+
+@dataclass(frozen=True)
+class OpenSeries:
+    """A series still collecting instances."""
+
+    series_uid: str
+    n_instances: int
+    expected: int | None
+    last_received: float

@@ -1,0 +1,172 @@
+"""One plain function per DIMSE/association event; dependencies bound at registration.
+
+``app.py`` binds them as ``(evt.EVT_C_STORE, handle_store, [context])``.  A
+handler's whole error contract is the status it returns (PS3.4 Annex B.2.3 for
+C-STORE); nothing heavy runs here, the worker does the scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
+from pynetdicom.events import Event
+
+from scp.completion import CompletionPolicy
+from scp.db import Database
+from scp.metrics import Counters
+from scp.spool import InstanceKey, Spool, SpoolError
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses, PS3.4 Table B.2-1 (and C.4 for the Verification success).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # Refused: the sender should retry later
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # Error
+CANNOT_UNDERSTAND = 0xC210  # Error class 0xCxxx "cannot understand"; as pynetdicom uses for undecodable data
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What the C-STORE handler needs, bound at registration."""
+
+    spool: Spool
+    db: Database
+    policy: CompletionPolicy
+    counters: Counters
+    max_instance_bytes: int
+    clock: Callable[[], float]
+    log_phi: bool = False
+
+
+def handle_echo(event: Event) -> int:
+    """C-ECHO (Verification, PS3.4 A.4): always Success while we are up."""
+    return SUCCESS
+
+
+def handle_store(event: Event, ctx: StoreContext) -> int:
+    """Make the received instance durable, record it, then answer.
+
+    The bytes are written as they came (file meta + the encoded dataset, no
+    re-encoding); only the identifying UIDs are read from the dataset, and they
+    are validated before they become a path.  Success is returned only once
+    the file and its directory entry are fsynced.
+    """
+    raw_size = len(event.request.DataSet.getvalue())
+    calling = event.assoc.requestor
+    if raw_size > ctx.max_instance_bytes:
+        ctx.counters.inc("store_refused_total")
+        log.warning(
+            "instance %s from %s: %d bytes exceeds scp.max_instance_bytes %d; refused",
+            event.request.AffectedSOPInstanceUID, calling.ae_title, raw_size, ctx.max_instance_bytes,
+        )
+        return OUT_OF_RESOURCES
+    try:
+        ds = identifying_header(event)
+        key = InstanceKey(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+        sop_class = str(ds.SOPClassUID)
+        expected = _images_in_acquisition(ds)
+        patient = f" patient {ds.get('PatientID', '')!s}" if ctx.log_phi else ""
+    except Exception as exc:  # pydicom raises many types for a corrupt stream; all mean "cannot understand"
+        ctx.counters.inc("store_failed_total")
+        log.warning(
+            "instance %s from %s: cannot read its identifying UIDs (%s); answered 0x%04X",
+            event.request.AffectedSOPInstanceUID, calling.ae_title, _short(exc), CANNOT_UNDERSTAND,
+        )
+        return CANNOT_UNDERSTAND
+    if sop_class != event.request.AffectedSOPClassUID or key.sop_uid != event.request.AffectedSOPInstanceUID:
+        ctx.counters.inc("store_failed_total")
+        log.warning(
+            "series %s: instance %s does not match its C-STORE request (SOP class or instance UID); answered 0x%04X",
+            key.series_uid, key.sop_uid, DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
+        return DATASET_DOES_NOT_MATCH_SOP_CLASS
+    data = event.encoded_dataset(include_meta=True)
+    try:
+        path = ctx.spool.write(key, data)
+    except SpoolError as exc:
+        ctx.counters.inc("store_refused_total")
+        log.error("series %s: instance %s not stored: %s; answered Out of Resources", key.series_uid, key.sop_uid, exc)
+        return OUT_OF_RESOURCES
+    now = ctx.clock()
+    first = key.series_uid not in ctx.policy
+    new, reopened = ctx.db.record_instance(
+        key, sop_class, path, len(data), now,
+        calling_aet=calling.ae_title, calling_host=calling.address, expected=expected,
+    )
+    ctx.policy.seen(key.series_uid, now, new=new, expected=expected)
+    ctx.counters.inc("instances_received_total")
+    if reopened:
+        log.info("series %s: re-opened by a late instance %s", key.series_uid, key.sop_uid)
+    elif first and new:
+        log.info("series %s: receiving (study %s) from %s%s", key.series_uid, key.study_uid, calling.ae_title, patient)
+    elif not new:
+        # once per burst of resent instances, not once per instance
+        (log.info if first else log.debug)(
+            "series %s: instance %s received again; no new work", key.series_uid, key.sop_uid
+        )
+    else:
+        log.debug("series %s: instance %s stored", key.series_uid, key.sop_uid)
+    return SUCCESS
+
+
+def handle_rejected(event: Event, allowed_aets: tuple[str, ...], counters: Counters) -> None:
+    """Log why an association was rejected, once, naming the caller."""
+    counters.inc("associations_rejected_total")
+    calling = event.assoc.requestor
+    if allowed_aets and calling.ae_title not in allowed_aets:
+        why = "calling AE title is not in scp.allowed_calling_aets"
+    else:
+        why = "too many associations (scp.max_associations) or called AE title mismatch"
+    log.warning("association from %r at %s:%s rejected: %s", calling.ae_title, calling.address, calling.port, why)
+
+
+def handle_accepted(event: Event, counters: Counters) -> None:
+    """Count and log accepted associations (one line, no PHI)."""
+    counters.inc("associations_total")
+    calling = event.assoc.requestor
+    refused = [cx.abstract_syntax for cx in event.assoc.rejected_contexts]
+    if refused:
+        # senders such as dcmtk storescu propose dozens of classes they may never use: detail, not news
+        log.debug(
+            "association from %r at %s: refused presentation contexts for %s",
+            calling.ae_title, calling.address, ", ".join(sorted({str(u) for u in refused})),
+        )
+    log.debug("association from %r at %s accepted", calling.ae_title, calling.address)
+
+
+def _past_identifying_groups(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group > 0x0020
+
+
+def identifying_header(event: Event) -> Dataset:
+    """The received dataset's elements up to group 0020 (UIDs, Images in Acquisition), parsed without the rest.
+
+    The spool keeps the bytes as they came; parsing the pixel data here would
+    only cost time on the association's thread.
+    """
+    syntax = event.context.transfer_syntax
+    if syntax.is_deflated:  # not offered (app.py), but never misread one
+        return event.dataset
+    raw = BytesIO(event.request.DataSet.getvalue())
+    return read_dataset(raw, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=_past_identifying_groups)
+
+
+def _images_in_acquisition(ds: Dataset) -> int | None:
+    """Images in Acquisition (0020,1002) as a count, None when absent or unusable."""
+    value = ds.get("ImagesInAcquisition")
+    try:
+        count = int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+    return count if count and count > 0 else None
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 160 else text[:157] + "..."

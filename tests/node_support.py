@@ -1,0 +1,367 @@
+"""Helpers for the node tests: a node subprocess, real peers, small series, polling with deadlines.
+
+No fixed sleeps anywhere: every wait polls a condition until a deadline and
+fails with what it was waiting for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from conftest import dcmtk, free_port, simple_hu_volume
+from training.phantom.ct_writer import CTHeader, build_ct_datasets, write_datasets
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)  # a poll interval, not a wait for an event
+
+
+def echo(port: int, called: str = "CACNODE", calling: str = "ECHOSCU") -> bool:
+    """True when a C-ECHO to 127.0.0.1:``port`` succeeds."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 5
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return getattr(status, "Status", None) == 0
+    finally:
+        assoc.release()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(type(value))
+
+
+def write_node_config(
+    path: Path,
+    *,
+    port: int,
+    storage: Path,
+    weights: Path,
+    destinations: Sequence[tuple[str, int]] = (),
+    quiet_seconds: float = 1.0,
+    allowed_calling_aets: Sequence[str] = (),
+    scp: dict[str, Any] | None = None,
+    eligibility: dict[str, Any] | None = None,
+) -> Path:
+    """A test config: short quiet period and back-off, CPU model, peers on 127.0.0.1."""
+    sections: dict[str, dict[str, Any]] = {
+        "scp": {
+            "ae_title": "CACNODE",
+            "host": "127.0.0.1",
+            "port": port,
+            "allowed_calling_aets": list(allowed_calling_aets),
+            "retry_backoff_seconds": 0.5,
+            "retry_max_attempts": 3,
+            "min_free_disk_bytes": 0,
+            **(scp or {}),
+        },
+        "series": {"quiet_seconds": quiet_seconds},
+        "storage": {"directory": storage},
+        "model": {"weights": weights, "device": "cpu", "cpu_threads": 1},
+        # the small test series are 24 slices of 3 mm
+        "eligibility": {"min_slices": 10, **(eligibility or {})},
+    }
+    lines = []
+    for name, table in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    for aet, dport in destinations:
+        lines += ["[[destinations]]", f'ae_title = "{aet}"', 'host = "127.0.0.1"', f"port = {dport}", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def node_env() -> dict[str, str]:
+    """The environment for node subprocesses: the checkout importable whatever the install."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def cacnode(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cacnode.cli", *args],
+        capture_output=True, text=True, cwd=REPO, env=node_env(), timeout=timeout,
+    )
+
+
+class NodeProcess:
+    """``cacnode serve --config <config>`` as a subprocess, its log in a file."""
+
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.config = config
+        self.port = port
+        self.log_path = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> NodeProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cacnode.cli", "serve", "--config", str(self.config)],
+                cwd=REPO, env=node_env(), stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: self._exited_early() or echo(self.port), timeout, f"node on port {self.port}")
+        return self
+
+    def _exited_early(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+        return False
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait; return the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash (the worker dies with it: PR_SET_PDEATHSIG)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def status(self) -> dict[str, Any]:
+        result = cacnode("status", "--json", "--config", str(self.config))
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def series_state(self, series_uid: str) -> str | None:
+        """The series' state, read straight from the database (``cacnode status`` takes a second to start)."""
+        import sqlite3
+        import tomllib
+
+        storage = Path(tomllib.loads(self.config.read_text())["storage"]["directory"])
+        path = storage / "cacnode.sqlite3"
+        if not path.is_file():
+            return None
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            row = conn.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+        finally:
+            conn.close()
+        return row[0] if row else None
+
+
+class DcmtkStoreSCP:
+    """dcmtk ``storescp`` as the PACS, writing what it receives into ``folder``."""
+
+    def __init__(self, folder: Path, aet: str = "PACS", port: int | None = None) -> None:
+        self.folder = folder
+        self.aet = aet
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> DcmtkStoreSCP:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [dcmtk("storescp"), "-aet", self.aet, "-od", str(self.folder), "+xa", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: echo(self.port, called=self.aet), timeout, f"dcmtk storescp on {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+
+def storescu(port: int, paths: Sequence[Path], calling: str = "SCANNER", called: str = "CACNODE",
+             extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """dcmtk ``storescu`` sending files or folders (scanned recursively) to the node."""
+    return subprocess.run(
+        [dcmtk("storescu"), "-aet", calling, "-aec", called, "+sd", "+r", *extra, "127.0.0.1", str(port),
+         *map(str, paths)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def small_series(
+    n_slices: int = 24,
+    size: int = 64,
+    *,
+    study_uid: str | None = None,
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    thickness_mm: float = 3.0,
+    series_number: int = 2,
+    description: str = "Calcium Score 3.0 mm",
+    hu: np.ndarray | None = None,
+) -> list[Dataset]:
+    """A small CT series (the conftest volume) with its own series UID."""
+    header = CTHeader(
+        image_type=image_type, series_number=series_number, series_description=description,
+        **({"study_uid": study_uid} if study_uid else {}),
+    )
+    volume = simple_hu_volume(n_slices, size) if hu is None else hu
+    return build_ct_datasets(
+        volume, pixel_spacing_mm=(0.7, 0.7), slice_thickness_mm=thickness_mm, increment_mm=thickness_mm,
+        origin_mm=(-22.4, -22.4, -100.0), header=header,
+    )
+
+
+def write_series(datasets: list[Dataset], folder: Path) -> list[Path]:
+    return write_datasets(datasets, folder)
+
+
+def pipeline_ready() -> str | None:
+    """Why the full pipeline cannot run yet (a missing module), or None when it can."""
+    import importlib
+
+    for module in ("pipeline.loader", "dicom_sr.writer", "dicom_sr.reader"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return f"{module} is not available yet ({exc})"
+    from pipeline import eligibility
+
+    if not hasattr(eligibility, "eligibility_reasons"):
+        return "pipeline.eligibility.eligibility_reasons is not available yet"
+    return None
+
+
+@pytest.fixture(scope="session")
+def node_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model the node tests run: THE one place to switch to the bundled weights.
+
+    ``models/cacnode-v1.pt`` when it exists; until then a small randomly
+    initialised network in a valid weights file (its labels are meaningless,
+    but the node's plumbing and the SR-equals-``cacnode score`` check are not).
+    """
+    bundled = REPO / "models" / "cacnode-v1.pt"
+    if bundled.is_file():
+        return bundled
+    import torch
+
+    from pipeline.model import UNet3D, UNetConfig
+    from pipeline.preprocess import PreprocessConfig
+    from pipeline.weights import WeightsFile, new_uid, save_weights
+
+    torch.manual_seed(0)
+    model = UNetConfig(channels=(4, 8, 8, 8))
+    weights = WeightsFile(
+        name="cacnode-test-random", version="0.0", uid=new_uid(), model=model,
+        preprocess=PreprocessConfig(), state_dict=UNet3D(model).state_dict(),
+    )
+    path = tmp_path_factory.mktemp("weights") / "random.pt"
+    save_weights(weights, path)
+    return path
+
+
+class OrthancPeer:
+    """Orthanc with its own storage, a DICOM port and a REST port on 127.0.0.1."""
+
+    def __init__(self, root: Path, aet: str = "ORTHANC", modalities: dict[str, tuple[str, int]] | None = None) -> None:
+        self.root = root
+        self.aet = aet
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.modalities = modalities or {}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> OrthancPeer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "cacnode-test",
+            "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "storage"),
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomModalities": {name: [aet, "127.0.0.1", port] for name, (aet, port) in self.modalities.items()},
+            "Plugins": [],
+            "SaveJobs": False,
+            "StorageCompression": False,
+            "OverwriteInstances": True,
+        }
+        config = {k: v for k, v in config.items() if v is not None}
+        path = self.root / "orthanc.json"
+        path.write_text(json.dumps(config, indent=1))
+        with open(self.root / "orthanc.log", "ab") as log:
+            self.proc = subprocess.Popen([orthanc_binary(), str(path)], stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._up, timeout, f"Orthanc REST on {self.http_port}")
+        return self
+
+    def _up(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"Orthanc exited with {self.proc.returncode}")
+        try:
+            self.rest("GET", "/system")
+            return True
+        except OSError:
+            return False
+
+    def rest(self, method: str, path: str, body: bytes | dict | str | None = None) -> Any:
+        import urllib.request
+
+        data = json.dumps(body).encode() if isinstance(body, (dict, list)) else (
+            body.encode() if isinstance(body, str) else body)
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    def upload(self, files: Sequence[Path]) -> list[dict]:
+        return [self.rest("POST", "/instances", f.read_bytes()) for f in files]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def orthanc_binary() -> str:
+    for candidate in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc"):
+        if Path(candidate).is_file():
+            return candidate
+    pytest.skip("Orthanc is not installed (apt-get install orthanc)")
+    raise AssertionError  # unreachable
