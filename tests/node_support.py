@@ -248,22 +248,6 @@ def write_series(datasets: list[Dataset], folder: Path) -> list[Path]:
     return write_datasets(datasets, folder)
 
 
-def pipeline_ready() -> str | None:
-    """Why the full pipeline cannot run yet (a missing module), or None when it can."""
-    import importlib
-
-    for module in ("pipeline.loader", "dicom_sr.writer", "dicom_sr.reader"):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            return f"{module} is not available yet ({exc})"
-    from pipeline import eligibility
-
-    if not hasattr(eligibility, "eligibility_reasons"):
-        return "pipeline.eligibility.eligibility_reasons is not available yet"
-    return None
-
-
 @pytest.fixture(scope="session")
 def node_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The model the node tests run: THE one place to switch to the bundled weights.

@@ -11,7 +11,6 @@ from node_support import (
     DcmtkStoreSCP,
     NodeProcess,
     node_weights,
-    pipeline_ready,
     small_series,
     storescu,
     wait_for,
@@ -24,8 +23,6 @@ from conftest import free_port
 __all__ = ["node_weights"]
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
-if (why := pipeline_ready()) is not None:
-    pytestmark.append(pytest.mark.skip(reason=why))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from node_support import (
     OrthancPeer,
     cacnode,
     node_weights,
-    pipeline_ready,
     small_series,
     storescu,
     wait_for,
@@ -30,8 +29,6 @@ from conftest import free_port
 __all__ = ["node_weights"]
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
-if (why := pipeline_ready()) is not None:
-    pytestmark.append(pytest.mark.skip(reason=why))
 
 REPORT_MODALITIES = {"SR", "SEG", "OT"}  # the summary is a Secondary Capture, modality OT
 

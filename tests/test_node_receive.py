@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.error
 from pathlib import Path
 
 import pydicom

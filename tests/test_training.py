@@ -1,0 +1,141 @@
+"""Training: scored validation metrics, augmented samples, and a fast_dev_run of ``cacnode train`` on CPU."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytorch_lightning")
+
+from pipeline.inference import Labeller, ModelConfig  # noqa: E402
+from pipeline.preprocess import Preprocess, PreprocessConfig  # noqa: E402
+from pipeline.scoring import ScoringProfile, score_calcium  # noqa: E402
+from pipeline.weights import load_weights  # noqa: E402
+from synthetic_chest import make_chest  # noqa: E402
+from training.augment import Augmentation, full_case, training_sample  # noqa: E402
+from training.cases import TrainingCase, cache_case, load_cached  # noqa: E402
+from training.config import TrainingConfig  # noqa: E402
+from training.metrics import case_outcome, icc_absolute, summarise, weighted_kappa  # noqa: E402
+from training.train import run_train  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ChestSource:
+    """A synthetic chest as a training case source."""
+
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"chest-{self.seed}"
+
+    def load(self) -> TrainingCase:
+        c = make_chest(n_slices=40, size=96, seed=self.seed)
+        return TrainingCase(self.key, c.hu, c.labels, c.pixel_spacing_mm, c.increment_mm)
+
+
+def test_icc_and_kappa_reach_one_only_on_agreement() -> None:
+    truth = np.array([0.0, 5.0, 50.0, 200.0, 900.0])
+    assert icc_absolute(truth, truth) == pytest.approx(1.0)
+    # Absolute agreement penalises a constant offset d: ICC(2,1) = s^2 / (s^2 + d^2 / 2) for 2 raters.
+    s2 = truth.var(ddof=1)
+    assert icc_absolute(truth, truth + 100.0) == pytest.approx(s2 / (s2 + 100.0**2 / 2))
+    assert weighted_kappa([0, 1, 2, 3, 4], [0, 1, 2, 3, 4], 5) == pytest.approx(1.0)
+    assert weighted_kappa([0, 1, 2, 3, 4], [4, 3, 2, 1, 0], 5) < 0
+
+
+def test_case_outcome_counts_lesions_artery_and_false_positives() -> None:
+    c = make_chest()
+    profile = ScoringProfile()
+    perfect = case_outcome(c.hu, c.labels, c.labels, c.pixel_spacing_mm, c.increment_mm, profile)
+    total = score_calcium(c.hu, c.labels, c.pixel_spacing_mm, c.increment_mm, profile).total.agatston
+    assert perfect.true_total == pytest.approx(total)
+    assert perfect.pred_total == pytest.approx(total)
+    assert (perfect.lesions, perfect.lesions_found, perfect.false_positives) == (3, 3, 0)
+    assert perfect.right_artery == pytest.approx(perfect.detected)
+
+    wrong = c.labels.copy()
+    wrong[wrong == 1] = 4  # the LM lesion given to the RCA
+    spine = np.zeros_like(wrong)
+    spine[c.hu >= 600] = 2  # the spine called LAD: false positives
+    out = case_outcome(c.hu, c.labels, np.maximum(wrong, spine), c.pixel_spacing_mm, c.increment_mm, profile)
+    assert out.lesions_found == 3
+    assert out.right_artery < out.detected
+    assert out.false_positives >= 1
+    figures = summarise([perfect, out])
+    assert figures["lesion_sensitivity"] == 1.0
+    assert figures["fp_per_scan"] == out.false_positives / 2
+    assert math.isnan(figures["zero_to_zero"])  # no truth-zero case
+
+
+def test_training_sample_shapes_and_lesion_targets(tmp_path: Path) -> None:
+    preprocess = Preprocess(PreprocessConfig(grid=32))
+    cached = load_cached(cache_case(ChestSource(1), preprocess, tmp_path))
+    assert cached.labelled_outside == 0
+    assert cached.truth_agatston["total"] > 0
+    rng = np.random.default_rng(0)
+    aug = Augmentation(p_lesion_centre=1.0, rotate_deg=0.0)
+    image, target, valid = training_sample(cached, preprocess, aug, (8, 24), rng)
+    assert image.shape == (6, 8, 24, 24) and image.dtype == np.float32
+    assert target.shape == valid.shape == (8, 24, 24)
+    assert target.max() > 0  # centred on a lesion
+    # every labelled cell is a candidate cell, so the loss sees it
+    assert np.all(image[2][target > 0] > 0.5)
+    whole = full_case(cached, preprocess)
+    assert set(np.unique(whole.target)) == {0, 1, 2, 3}
+
+
+def test_fast_dev_run_trains_and_exports_loadable_weights(tmp_path: Path) -> None:
+    config = TrainingConfig(
+        output=tmp_path / "model.pt",
+        work_dir=tmp_path / "work",
+        channels=(4, 8, 8),
+        grid=32,
+        patch_slices=8,
+        patch_cells=24,
+        batch_size=1,
+        samples_per_epoch=2,
+        max_epochs=1,
+        cpu_threads=1,
+        prepare_workers=1,
+    )
+    sources = ([ChestSource(1), ChestSource(2)], [ChestSource(3)])
+    assert run_train(config, output=None, fast_dev_run=True, sources=sources) == 0
+    weights = load_weights(tmp_path / "model.pt")
+    assert weights.name == config.name and weights.uid.startswith("2.25.")
+    assert weights.training["fast_dev_run"] is True
+    assert weights.training["data"]["phantom_train"] == config.phantom_train
+    assert weights.preprocess.grid == 32
+    assert "lesion_sensitivity" in weights.validation["phantom_validation_set"]
+    # the exported file is what inference loads
+    labeller = Labeller.load(ModelConfig(weights=tmp_path / "model.pt"), device="cpu")
+    assert labeller.identity.uid == weights.uid
+
+
+def test_one_epoch_run_exports_the_best_checkpoint(tmp_path: Path) -> None:
+    """Without fast_dev_run: checkpointing, reloading the best checkpoint and the scored validation."""
+    config = TrainingConfig(
+        output=tmp_path / "model.pt",
+        work_dir=tmp_path / "work",
+        channels=(4, 8, 8),
+        grid=32,
+        patch_slices=8,
+        patch_cells=24,
+        batch_size=2,
+        samples_per_epoch=4,
+        max_epochs=1,
+        check_val_every_n_epoch=1,
+        cpu_threads=1,
+        prepare_workers=1,
+    )
+    sources = ([ChestSource(1)], [ChestSource(2), ChestSource(3)])
+    assert run_train(config, output=tmp_path / "other.pt", fast_dev_run=False, sources=sources) == 0
+    assert not (tmp_path / "model.pt").exists()  # --output wins over [training] output
+    weights = load_weights(tmp_path / "other.pt")
+    assert weights.training["fast_dev_run"] is False and weights.training["epochs"] == 1
+    assert list((tmp_path / "work" / "checkpoints" / weights.uid).glob("best-*.ckpt"))
+    assert weights.validation["phantom_validation_set"]["cases"] == 2.0
