@@ -153,6 +153,7 @@ def test_two_senders_at_once(node, tmp_path):
 
 def test_health_metrics_and_status(node):
     import tomllib
+    import urllib.error
     import urllib.request
 
     port = tomllib.loads(node.config.read_text())["scp"]["metrics_port"]
