@@ -79,6 +79,12 @@ def render_summary(
         for i, text in enumerate(caveat_texts(result, config)[1:])
         for line in wrap(scratch, text, small, width - 2 * margin)
     ]
+    footer = wrap(
+        scratch,
+        f"{identity.name} {identity.version} (algorithm UID {identity.uid}), {result.labels_source}",
+        small,
+        width - 2 * margin,
+    )
     table_rows = len(ARTERY_NAMES) + 2
     height = (
         margin
@@ -93,7 +99,7 @@ def render_summary(
         + table_rows * line_h
         + margin  # table
         + len(caveats) * int(line_h * 0.85)
-        + line_h
+        + len(footer) * int(line_h * 0.85)
         + margin  # footer
     )
     image = Image.new("RGB", (width, height), BACKGROUND)
@@ -168,12 +174,9 @@ def render_summary(
         y += int(line_h * 0.85)
 
     # 7. Footer: who made it.
-    draw.text(
-        (margin, y + margin // 3),
-        f"{identity.name} {identity.version} (algorithm UID {identity.uid}), {result.labels_source}",
-        font=small,
-        fill=DIM,
-    )
+    for line in footer:
+        draw.text((margin, y + margin // 3), line, font=small, fill=DIM)
+        y += int(line_h * 0.85)
     return image
 
 
