@@ -138,17 +138,17 @@ def _measurements(
 
 
 def _readable_numeric_value(num: Dataset) -> None:
-    """Write Numeric Value (DS) with 12 significant digits, e.g. ``23.52`` not ``23.5200000000000``.
+    """Show Numeric Value (DS) as a reader expects it, e.g. ``741.3`` not ``741.340087891``.
 
-    Viewers and ``dsr2html`` show Numeric Value.  The exact binary value stays
-    in Floating Point Value (0040,A161), which PS3.3 C.18.1 provides for values
-    a 16-character DS cannot hold exactly; :mod:`dicom_sr.reader` reads that.
+    Viewers and ``dsr2html`` show Numeric Value, rounded here to one decimal as
+    calcium scores are reported.  The exact binary value is kept in Floating
+    Point Value (0040,A161, PS3.3 C.18.1), which :mod:`dicom_sr.reader` reads.
     """
     item = num.MeasuredValueSequence[0]
     exact = float(item.get("FloatingPointValue", item.NumericValue))
-    text = f"{exact:.12g}"
-    if len(text) > 16:  # DS holds at most 16 characters (PS3.5 6.2)
-        text = f"{exact:.9g}"
+    text = str(int(exact)) if exact.is_integer() else f"{exact:.1f}"
+    if float(text) != exact:
+        item.FloatingPointValue = exact
     item.NumericValue = DSfloat(text)
 
 
