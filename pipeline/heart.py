@@ -4,7 +4,8 @@ A calcium-scoring CT shows the chest from the carina to below the heart.  The
 heart is the large soft-tissue mass *between the lungs*, above the diaphragm.
 The method, on a volume resampled to ~3 mm in-plane for speed:
 
-1. body  = the largest connected object denser than -500 HU, holes filled per slice;
+1. body  = the largest connected object denser than -500 HU, holes filled per slice
+   (and gaps along rows and columns, for a body cut by the field of view);
 2. lungs = large air regions (< -400 HU) inside the body (trachea-sized ones and
    gas in the bowel are dropped by volume);
 3. mediastinum = soft tissue and fat (-250..250 HU; bone excluded) lying on the
@@ -103,7 +104,7 @@ def locate_heart(
     rows, cols = np.nonzero(heart.any(axis=0))
     centre_row = (rows.min() + rows.max()) / 2.0 * step
     centre_col = (cols.min() + cols.max()) / 2.0 * step
-    z0, z1 = _slab(zs.min(), zs.max() + 1, increment_mm, n_slices, settings)
+    z0, z1 = _slab(int(zs.min()), int(zs.max()) + 1, increment_mm, n_slices, settings)
     return HeartLocation(z0=z0, z1=z1, centre_row=float(centre_row), centre_col=float(centre_col), found=True)
 
 
@@ -116,7 +117,12 @@ def _body_mask(hu: np.ndarray, body_hu: float) -> np.ndarray:
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     body = components == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(body, structure=_SLICE_2D)
+    # A large patient is cut by the reconstruction field of view, and a lung touching
+    # the image edge is then no "hole".  Also fill every pixel lying between body
+    # pixels along its row or along its column (the trunk is nearly convex).
+    along_rows = np.maximum.accumulate(body, axis=2) & np.maximum.accumulate(body[:, :, ::-1], axis=2)[:, :, ::-1]
+    along_cols = np.maximum.accumulate(body, axis=1) & np.maximum.accumulate(body[:, ::-1], axis=1)[:, ::-1]
+    return ndimage.binary_fill_holes(body, structure=_SLICE_2D) | along_rows | along_cols
 
 
 def _lung_mask(hu: np.ndarray, body: np.ndarray, lung_hu: float, min_voxels: float) -> np.ndarray:
@@ -154,7 +160,7 @@ def _slab(z0: int, z1: int, increment_mm: float, n_slices: int, s: HeartLocatorS
         z1, z0 = z1 - z0, 0
     if z1 > n_slices:
         z0, z1 = max(0, z0 - (z1 - n_slices)), n_slices
-    return z0, z1
+    return int(z0), int(z1)
 
 
 def _fallback(body: np.ndarray, step: int, n_slices: int) -> HeartLocation:

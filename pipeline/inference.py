@@ -1,13 +1,156 @@
-"""Model inference: CT series in, artery label map out (config section ``[model]``)."""
+"""Model inference: CT series in, artery label map out (config section ``[model]``).
+
+``Labeller.load`` reads the self-describing weights file (``pipeline.weights``)
+and rebuilds the exact preprocessing the model was trained with
+(``pipeline.preprocess``); ``predict`` runs preprocessing, the network on the
+heart crop, and the candidate majority rule (``pipeline.candidates``) on the
+original voxel grid.  Runs on the GPU when one is present (``device = "auto"``),
+otherwise on the CPU.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import torch
+
+from pipeline.candidates import labels_from_predictions
+from pipeline.errors import ModelError
+from pipeline.identity import AlgorithmIdentity
+from pipeline.model import UNet3D
+from pipeline.preprocess import CropBox, Prepared, Preprocess, cell_index
+from pipeline.series import CTSeries
+from pipeline.weights import WeightsFile, load_weights
+
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Config section ``[model]``."""
+
     weights: Path = Path("models/cacnode-v1.pt")
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # "auto": the GPU when torch sees one
+    # Candidate lesions are formed at this HU (calcium-scoring.md, "From model
+    # output to labels"); keep it equal to, or below, [scoring] threshold_hu.
+    candidate_threshold_hu: float = 130.0
+    candidate_connectivity: Literal[4, 8] = 8  # as [scoring] connectivity
+    cpu_threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default (one per core)
+
+    def __post_init__(self) -> None:
+        if self.cpu_threads < 0:
+            raise ValueError(f"model.cpu_threads must be >= 0, got {self.cpu_threads}")
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an unavailable ``cuda`` is a ModelError."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device cuda requested but torch sees no CUDA GPU (use --device cpu)")
+    if requested not in ("cuda", "cpu"):
+        raise ModelError(f"unknown device {requested!r}; expected auto, cuda or cpu")
+    return torch.device(requested)
+
+
+class Labeller:
+    """The trained model with its preprocessing, ready to label series."""
+
+    def __init__(self, weights: WeightsFile, config: ModelConfig, device: torch.device) -> None:
+        self.weights = weights
+        self.config = config
+        self.device = device
+        self.preprocess = Preprocess(weights.preprocess)
+        self.model: UNet3D = weights.build_model().to(device)
+
+    @classmethod
+    def load(cls, config: ModelConfig, device: str | None = None) -> Labeller:
+        """Load the weights named by ``config``; ``device`` overrides ``config.device``."""
+        target = resolve_device(device or config.device)
+        if target.type == "cpu" and config.cpu_threads > 0:
+            torch.set_num_threads(config.cpu_threads)
+        weights = load_weights(Path(config.weights))
+        log.info("model %s %s (uid %s) on %s", weights.name, weights.version, weights.uid, target)
+        return cls(weights, config, target)
+
+    @property
+    def identity(self) -> AlgorithmIdentity:
+        return self.weights.identity()
+
+    def predict(self, series: CTSeries) -> np.ndarray:
+        """uint8 labels (0 background, 1 LM, 2 LAD, 3 LCX, 4 RCA), same shape as ``series.hu``."""
+        g = series.geometry
+        return self.predict_volume(series.hu, g.pixel_spacing_mm, g.increment_mm, series.series_uid)
+
+    def predict_volume(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float,
+                       name: str = "volume") -> np.ndarray:
+        """As :meth:`predict` on a bare HU volume (ascending slices); ``name`` identifies it in logs."""
+        prepared = self.preprocess(hu, pixel_spacing_mm, increment_mm)
+        if not prepared.box.found:
+            log.warning("series %s: no lungs found; heart crop centred on the body, all slices kept", name)
+        grid_classes = self.predict_grid(prepared)
+        return self.to_labels(hu, prepared, grid_classes)
+
+    def predict_grid(self, prepared: Prepared) -> np.ndarray:
+        """Class per grid cell, (z, grid, grid) uint8."""
+        return classify(self.logits(prepared), self.weights.background_bias)
+
+    def logits(self, prepared: Prepared) -> torch.Tensor:
+        """Network output for one prepared image, (n_classes, z, grid, grid) float32 on the CPU."""
+        return run_network(self.model, prepared.image, self.weights.model.z_multiple, self.device)
+
+    def to_labels(self, hu: np.ndarray, prepared: Prepared, grid_classes: np.ndarray) -> np.ndarray:
+        return grid_to_labels(hu, prepared.box, grid_classes, self.config.candidate_threshold_hu,
+                              self.config.candidate_connectivity)
+
+
+def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, device: torch.device) -> torch.Tensor:
+    """Logits of one prepared image: (C, z, grid, grid) -> (n_classes, z, grid, grid) float32 on the CPU."""
+    n = image.shape[1]
+    padded = int(np.ceil(max(n, 1) / z_multiple) * z_multiple)
+    if padded != n:  # repeat the last slice; its predictions are discarded
+        image = np.concatenate([image, np.repeat(image[:, -1:], padded - n, axis=1)], axis=1)
+    x = torch.from_numpy(np.ascontiguousarray(image[None])).to(device)
+    with torch.inference_mode():
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                logits = model(x)
+        else:
+            logits = model(x)
+    return logits[0, :, :n].float().cpu()
+
+
+def classify(logits: torch.Tensor, background_bias: float = 0.0) -> np.ndarray:
+    """Class per grid cell (z, grid, grid) uint8: argmax after adding ``background_bias`` to class 0."""
+    if background_bias:
+        logits = logits.clone()
+        logits[0] += background_bias
+    return logits.argmax(dim=0).to(torch.uint8).numpy()
+
+
+def grid_to_labels(
+    hu: np.ndarray,
+    box: CropBox,
+    grid_classes: np.ndarray,
+    threshold_hu: float,
+    connectivity: int,
+) -> np.ndarray:
+    """Grid predictions back on the original voxels (nearest cell), then the candidate majority rule.
+
+    Voxels outside the crop (removed slices, outside the heart square) are 0.
+    """
+    rows, cols = cell_index(box, grid_classes.shape[1])
+    r0, c0 = max(box.row0, 0), max(box.col0, 0)
+    r1, c1 = min(box.row0 + box.rows, hu.shape[1]), min(box.col0 + box.cols, hu.shape[2])
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    if r1 <= r0 or c1 <= c0 or box.z1 <= box.z0:
+        return labels
+    predicted = grid_classes[:, rows[r0 - box.row0 : r1 - box.row0]][:, :, cols[c0 - box.col0 : c1 - box.col0]]
+    labels[box.z0 : box.z1, r0:r1, c0:c1] = labels_from_predictions(
+        hu[box.z0 : box.z1, r0:r1, c0:c1], predicted, threshold_hu, connectivity
+    )
+    return labels

@@ -222,15 +222,30 @@ class Preprocess:
 def labels_to_grid(labels_crop: np.ndarray, grid: int, n_classes: int) -> np.ndarray:
     """Training target on the grid: a cell takes the artery with most voxels in it, else 0.
 
-    Any labelled voxel marks its cell, matching the candidate channel (any voxel
-    over the threshold), so a tiny lesion is a target cell wherever it is a
-    candidate cell.
+    Any labelled voxel marks its cell (ties between arteries go to the lower
+    label), matching the candidate channel (any voxel over the threshold), so a
+    tiny lesion is a target cell wherever it is a candidate cell.  Voxels map to
+    cells as in :func:`cell_index`, the inverse used at inference; each such
+    cell lies inside the pooling window of the same cell, so a labelled
+    candidate voxel always falls in a candidate cell.  Labels are sparse, so
+    only the labelled voxels are visited.
     """
-    t = torch.from_numpy(labels_crop.astype(np.int64))
-    onehot = F.one_hot(t, n_classes).permute(0, 3, 1, 2).to(torch.float32)  # (z, classes, rows, cols)
-    fraction = F.adaptive_avg_pool2d(onehot, (grid, grid))[:, 1:]
-    best = fraction.argmax(dim=1) + 1
-    return torch.where(fraction.amax(dim=1) > 0, best, 0).to(torch.uint8).numpy()
+    n_slices, n_rows, n_cols = labels_crop.shape
+    out = np.zeros((n_slices, grid, grid), dtype=np.uint8)
+    z, r, c = np.nonzero(labels_crop)
+    if z.size == 0:
+        return out
+    cls = labels_crop[z, r, c].astype(np.int64)
+    cell = (z * grid + (r * grid) // n_rows) * grid + (c * grid) // n_cols
+    keys, counts = np.unique(cell * n_classes + cls, return_counts=True)
+    cells, classes = keys // n_classes, keys % n_classes
+    # Per cell the most frequent class, the lowest label on ties: sort by cell, count desc, class asc.
+    order = np.lexsort((classes, -counts, cells))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = cells[order][1:] != cells[order][:-1]
+    best = order[first]
+    out.reshape(-1)[cells[best]] = classes[best]
+    return out
 
 
 def cell_index(box: CropBox, grid: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,9 @@ so opening a file never runs code from it):
 - ``model``: the :class:`~pipeline.model.UNetConfig` arguments;
 - ``preprocess``: the :class:`~pipeline.preprocess.PreprocessConfig` arguments;
 - ``state_dict``: the weights (float32);
+- ``background_bias``: added to the background logit before the argmax at
+  inference (0 = plain argmax); chosen on validation phantoms after training
+  (``training.calibrate``) to trade lesion sensitivity against false positives;
 - ``training``: what the model was trained on and how (free-form, JSON-like);
 - ``validation``: the figures measured on held-out data (JSON-like).
 """
@@ -48,6 +51,7 @@ class WeightsFile:
     model: UNetConfig
     preprocess: PreprocessConfig
     state_dict: dict[str, torch.Tensor] = field(repr=False)
+    background_bias: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
 
@@ -71,6 +75,7 @@ def save_weights(weights: WeightsFile, path: Path) -> None:
         "model": _plain(dataclasses.asdict(weights.model)),
         "preprocess": _plain(dataclasses.asdict(weights.preprocess)),
         "state_dict": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.state_dict.items()},
+        "background_bias": float(weights.background_bias),
         "training": _plain(weights.training),
         "validation": _plain(weights.validation),
     }
@@ -101,6 +106,7 @@ def load_weights(path: Path) -> WeightsFile:
             model=UNetConfig(**_tuples(payload["model"])),
             preprocess=PreprocessConfig(**_tuples(pre)),
             state_dict=dict(payload["state_dict"]),
+            background_bias=float(payload.get("background_bias", 0.0)),
             training=dict(payload.get("training", {})),
             validation=dict(payload.get("validation", {})),
         )
@@ -118,8 +124,13 @@ def _plain(obj: Any) -> Any:
         return [_plain(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
+    # Exact builtin types: subclasses (torch's TorchVersion, numpy's float64) would be
+    # pickled by class name and refused by ``weights_only`` loading.
+    if obj is None:
+        return None
+    for kind in (bool, str, int, float):
+        if isinstance(obj, kind):
+            return kind(obj)
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
     raise TypeError(f"cannot store {type(obj).__name__} in a weights file")

@@ -121,3 +121,16 @@ def test_cacnode_score_runs_the_model(tmp_path: Path, ct_series_dir: Path, capsy
     out = json.loads(capsys.readouterr().out)
     assert out["labels_source"] == f"model:{saved.name} {saved.version}"
     assert out["total"]["agatston"] >= 0.0 and set(out["arteries"]) == {"LM", "LAD", "LCX", "RCA"}
+
+
+def test_background_bias_trades_detections_for_background(tmp_path: Path) -> None:
+    from pipeline.inference import classify
+
+    logits = torch.zeros((N_CLASSES, 1, 2, 2))
+    logits[2, 0, 0, 0] = 1.0  # LAD by a margin of 1
+    logits[3, 0, 1, 1] = 3.0  # LCX by a margin of 3
+    assert classify(logits)[0].tolist() == [[2, 0], [0, 3]]
+    assert classify(logits, 2.0)[0].tolist() == [[0, 0], [0, 3]]
+    saved = _weights_file(tmp_path / "w.pt")
+    save_weights(dataclasses.replace(saved, background_bias=2.0), tmp_path / "w.pt")
+    assert load_weights(tmp_path / "w.pt").background_bias == 2.0

@@ -1,0 +1,78 @@
+"""Inference time of a 60-slice 512x512 series: preprocessing + network + candidate rule + scoring.
+
+Usage::
+
+    python benchmarks/bench_inference.py [--weights models/cacnode-v1.pt] [--device cpu|cuda] [--repeats 5]
+
+The series is a phantom (``training.phantom.generate``) with at least 60
+slices, cut to the 60 slices around its middle.  Loading DICOM files is not
+timed (``benchmarks`` of the loader cover it).  Targets (issue 4): <= 5 s on a
+2-core CPU, <= 0.3 s on an H100.  Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.inference import Labeller, ModelConfig
+from pipeline.scoring import ScoringProfile, score_calcium
+from training.cases import phantom_geometry
+
+
+def sixty_slice_volume(first_seed: int = 990000) -> tuple[np.ndarray, tuple[float, float], float]:
+    from training.phantom.generate import generate_case
+
+    for seed in range(first_seed, first_seed + 50):
+        case = generate_case(seed)
+        if case.hu.shape[0] >= 60:
+            spacing, increment = phantom_geometry(case.datasets)
+            z0 = (case.hu.shape[0] - 60) // 2
+            return np.ascontiguousarray(case.hu[z0 : z0 + 60]), spacing, increment
+    raise RuntimeError("no phantom with 60 slices among 50 seeds")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", type=Path, default=Path("models/cacnode-v1.pt"))
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    labeller = Labeller.load(ModelConfig(weights=args.weights), device=args.device)
+    hu, spacing, increment = sixty_slice_volume()
+    profile = ScoringProfile()
+    print(f"volume {hu.shape}, pixel {spacing[0]:.3f} mm, increment {increment} mm, device {labeller.device}, "
+          f"torch threads {torch.get_num_threads()}")
+    sync = torch.cuda.synchronize if labeller.device.type == "cuda" else (lambda: None)
+    stages: dict[str, list[float]] = {"preprocess": [], "network": [], "labels": [], "scoring": [], "total": []}
+    for i in range(args.repeats + 1):  # the first run warms up (allocator, cuDNN) and is not counted
+        t0 = time.perf_counter()
+        prepared = labeller.preprocess(hu, spacing, increment)
+        t1 = time.perf_counter()
+        grid = labeller.predict_grid(prepared)
+        sync()
+        t2 = time.perf_counter()
+        labels = labeller.to_labels(hu, prepared, grid)
+        t3 = time.perf_counter()
+        score = score_calcium(hu, labels, spacing, increment, profile)
+        t4 = time.perf_counter()
+        if i:
+            for name, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+                stages[name].append(value)
+    print(f"network input {prepared.image.shape}; total Agatston {score.total.agatston:.1f}")
+    for name, values in stages.items():
+        print(f"{name:>10}: median {statistics.median(values):.3f} s  (min {min(values):.3f}, max {max(values):.3f},"
+              f" {len(values)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Choose the background-logit bias of a weights file on validation phantoms.
+
+Usage::
+
+    python -m training.calibrate models/cacnode-v1.pt --first-seed 20000 --n 24
+
+The network is run once per phantom; the label maps for each candidate bias
+are then derived from the same logits (``pipeline.inference.classify``) and
+scored (``training.metrics``).  The bias with the best selection figure
+(``training.module.selection``: ICC + kappa + right artery + sensitivity +
+zero-to-zero - 0.05 x false positives per scan) is written into the weights
+file (``background_bias``); the UID is kept, the network weights do not change.
+Use validation seeds only (``[training] val_seed``), never the evaluation seeds
+of ``training.evaluate``, so the held-out figures stay held out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.inference import Labeller, ModelConfig, classify, grid_to_labels
+from pipeline.scoring import ScoringProfile
+from pipeline.weights import load_weights, save_weights
+from training.cases import phantom_geometry
+from training.metrics import CaseOutcome, case_outcome, summarise
+from training.module import selection
+
+BIASES = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+
+
+def calibrate(labeller: Labeller, seeds: range, biases: tuple[float, ...]) -> dict[float, dict[str, float]]:
+    """Validation figures per bias."""
+    from training.phantom.generate import generate_case
+
+    profile = ScoringProfile()
+    outcomes: dict[float, list[CaseOutcome]] = {b: [] for b in biases}
+    for seed in seeds:
+        case = generate_case(seed)
+        spacing, increment = phantom_geometry(case.datasets)
+        prepared = labeller.preprocess(case.hu, spacing, increment)
+        logits = labeller.logits(prepared)
+        for b in biases:
+            labels = grid_to_labels(case.hu, prepared.box, classify(logits, b),
+                                    labeller.config.candidate_threshold_hu, labeller.config.candidate_connectivity)
+            outcomes[b].append(case_outcome(case.hu, case.labels, labels, spacing, increment, profile))
+        print(f"seed {seed} done", flush=True)
+    return {b: summarise(o) for b, o in outcomes.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("weights", type=Path)
+    p.add_argument("--first-seed", type=int, default=20000)
+    p.add_argument("--n", type=int, default=24)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    labeller = Labeller.load(ModelConfig(weights=args.weights), device="cpu")
+    table = calibrate(labeller, range(args.first_seed, args.first_seed + args.n), BIASES)
+    for b, f in table.items():
+        print(f"bias {b:4.1f}: selection {selection(f):6.3f}  icc {f['icc']:.4f} kappa {f['kappa']:.3f} "
+              f"zero->0 {f['zero_to_zero']:.2f} right {f['right_artery']:.3f} sens {f['lesion_sensitivity']:.3f} "
+              f"fp/scan {f['fp_per_scan']:.2f}")
+    best = max(table, key=lambda b: selection(table[b]))
+    weights = load_weights(args.weights)
+    chosen = {k: v for k, v in table[best].items() if v == v}  # drop nan
+    validation = {**weights.validation, f"calibration_seeds_{args.first_seed}-{args.first_seed + args.n - 1}":
+                  {"background_bias": best, **chosen}}
+    save_weights(dataclasses.replace(weights, background_bias=best, validation=validation), args.weights)
+    print(json.dumps({"background_bias": best, **chosen}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
