@@ -31,7 +31,7 @@ from training.cases import phantom_geometry
 from training.metrics import CaseOutcome, case_outcome, summarise
 from training.module import selection
 
-BIASES = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+BIASES = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 
 
 def calibrate(labeller: Labeller, seeds: range, biases: tuple[float, ...]) -> dict[float, dict[str, float]]:
