@@ -24,7 +24,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="config file (default: ./config.toml if present, else built-in defaults)",
+        help="config file (default: ./config.toml, else the bundled config.toml)",
     )
 
 
@@ -78,8 +78,11 @@ def _config(args: argparse.Namespace):
     from cacnode.config import load_config
 
     path = args.config
-    if path is None and Path("config.toml").is_file():
-        path = Path("config.toml")
+    if path is None:
+        # ./config.toml, else the bundled one beside the package (its paths,
+        # e.g. the bundled weights, resolve against its own folder).
+        bundled = Path(__file__).resolve().parent.parent / "config.toml"
+        path = next((p for p in (Path("config.toml"), bundled) if p.is_file()), None)
     return load_config(path)
 
 

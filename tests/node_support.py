@@ -249,31 +249,11 @@ def write_series(datasets: list[Dataset], folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def node_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The model the node tests run: THE one place to switch to the bundled weights.
-
-    ``models/cacnode-v1.pt`` when it exists; until then a small randomly
-    initialised network in a valid weights file (its labels are meaningless,
-    but the node's plumbing and the SR-equals-``cacnode score`` check are not).
-    """
+def node_weights() -> Path:
+    """The model the node tests run: the bundled weights, as a hospital would run them."""
     bundled = REPO / "models" / "cacnode-v1.pt"
-    if bundled.is_file():
-        return bundled
-    import torch
-
-    from pipeline.model import UNet3D, UNetConfig
-    from pipeline.preprocess import PreprocessConfig
-    from pipeline.weights import WeightsFile, new_uid, save_weights
-
-    torch.manual_seed(0)
-    model = UNetConfig(channels=(4, 8, 8, 8))
-    weights = WeightsFile(
-        name="cacnode-test-random", version="0.0", uid=new_uid(), model=model,
-        preprocess=PreprocessConfig(), state_dict=UNet3D(model).state_dict(),
-    )
-    path = tmp_path_factory.mktemp("weights") / "random.pt"
-    save_weights(weights, path)
-    return path
+    assert bundled.is_file(), f"the bundled weights {bundled} are missing"
+    return bundled
 
 
 class OrthancPeer:

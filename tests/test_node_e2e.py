@@ -100,9 +100,19 @@ def test_phantom_via_storescu_report_at_pacs_equals_cacnode_score(peers, tmp_pat
     assert json.loads(results[0].read_text())["total"]["agatston"] == pytest.approx(expected["total"]["agatston"])
 
 
+def calcified_phantom(seed: int) -> list[pydicom.Dataset]:
+    """A phantom series in which the bundled model finds calcium, so a SEG is part of the report.
+
+    Each test takes its own seed: the node does no new work for a series it has already scored.
+    """
+    from training.phantom.generate import generate_case
+
+    return generate_case(seed=seed).datasets
+
+
 def test_study_with_localizer_and_thin_series_scores_only_the_eligible_one(peers, tmp_path):
     node, pacs, _ = peers
-    scoring = small_series()
+    scoring = calcified_phantom(7)
     study_uid = str(scoring[0].StudyInstanceUID)
     localizer = small_series(n_slices=2, study_uid=study_uid, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
                              series_number=1, description="Topogram")
@@ -131,7 +141,7 @@ def test_study_with_localizer_and_thin_series_scores_only_the_eligible_one(peers
 
 def test_orthanc_sends_a_series_and_gets_the_report_in_the_same_study(peers, tmp_path):
     node, _, orthanc = peers
-    datasets = small_series()
+    datasets = calcified_phantom(5)
     files = write_series(datasets, tmp_path / "series")
     uploaded = orthanc.upload(files)
     study_id, series_id = uploaded[0]["ParentStudy"], uploaded[0]["ParentSeries"]
