@@ -89,20 +89,17 @@ def test_training_sample_shapes_and_lesion_targets(tmp_path: Path) -> None:
     assert set(np.unique(whole.target)) == {0, 1, 2, 3}
 
 
-def test_fast_dev_run_trains_and_exports_loadable_weights(tmp_path: Path) -> None:
-    config = TrainingConfig(
-        output=tmp_path / "model.pt",
-        work_dir=tmp_path / "work",
-        channels=(4, 8, 8),
-        grid=32,
-        patch_slices=8,
-        patch_cells=24,
-        batch_size=1,
-        samples_per_epoch=2,
-        max_epochs=1,
-        cpu_threads=1,
-        prepare_workers=1,
+def tiny_config(tmp_path: Path, **overrides: object) -> TrainingConfig:
+    """A training configuration small enough for one CPU in seconds."""
+    settings: dict[str, object] = dict(
+        output=tmp_path / "model.pt", work_dir=tmp_path / "work", channels=(4, 8, 8), grid=32,
+        patch_slices=8, patch_cells=24, max_epochs=1, cpu_threads=1, prepare_workers=1,
     )
+    return TrainingConfig(**{**settings, **overrides})  # type: ignore[arg-type]
+
+
+def test_fast_dev_run_trains_and_exports_loadable_weights(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, batch_size=1, samples_per_epoch=2)
     sources = ([ChestSource(1), ChestSource(2)], [ChestSource(3)])
     assert run_train(config, output=None, fast_dev_run=True, sources=sources) == 0
     weights = load_weights(tmp_path / "model.pt")
@@ -118,20 +115,7 @@ def test_fast_dev_run_trains_and_exports_loadable_weights(tmp_path: Path) -> Non
 
 def test_one_epoch_run_exports_the_best_checkpoint(tmp_path: Path) -> None:
     """Without fast_dev_run: checkpointing, reloading the best checkpoint and the scored validation."""
-    config = TrainingConfig(
-        output=tmp_path / "model.pt",
-        work_dir=tmp_path / "work",
-        channels=(4, 8, 8),
-        grid=32,
-        patch_slices=8,
-        patch_cells=24,
-        batch_size=2,
-        samples_per_epoch=4,
-        max_epochs=1,
-        check_val_every_n_epoch=1,
-        cpu_threads=1,
-        prepare_workers=1,
-    )
+    config = tiny_config(tmp_path, batch_size=2, samples_per_epoch=4, check_val_every_n_epoch=1)
     sources = ([ChestSource(1)], [ChestSource(2), ChestSource(3)])
     assert run_train(config, output=tmp_path / "other.pt", fast_dev_run=False, sources=sources) == 0
     assert not (tmp_path / "model.pt").exists()  # --output wins over [training] output
