@@ -56,12 +56,12 @@ def main() -> int:
         try:
             wait_for(lambda: "loaded" in node.log(), 120, "the worker to load the model")
             for i, (case, folder) in enumerate(cases):
-                before = set(pacs.folder.glob("SR*"))
+                before = set(pacs.done.glob("SR*"))
                 result = storescu(port, [folder])
                 acked = time.perf_counter()
                 if result.returncode != 0:
                     raise SystemExit(f"storescu failed: {result.stderr.strip()}")
-                wait_for(lambda: set(pacs.folder.glob("SR*")) - before, 300, "the SR at the PACS", interval=0.01)
+                wait_for(lambda: set(pacs.done.glob("SR*")) - before, 300, "the SR at the PACS", interval=0.01)
                 latency = time.perf_counter() - acked
                 latencies.append(latency)
                 print(f"round {i + 1}: {case.hu.shape[0]} slices {case.hu.shape[1]}x{case.hu.shape[2]}: "

@@ -193,10 +193,17 @@ class DcmtkStoreSCP:
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def done(self) -> Path:
+        return self.folder / ".complete"
+
     def start(self, timeout: float = 30) -> DcmtkStoreSCP:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.done.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [dcmtk("storescp"), "-aet", self.aet, "-od", str(self.folder), "+xa", str(self.port)],
+            # storescp writes under the final name as data arrives: a marker, touched
+            # once a file is complete, tells a finished report from a half-written one.
+            [dcmtk("storescp"), "-aet", self.aet, "-od", str(self.folder), "+xa",
+             "-xcr", f"touch {self.done}/#f", "-xs", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: echo(self.port, called=self.aet), timeout, f"dcmtk storescp on {self.port}")
@@ -208,7 +215,8 @@ class DcmtkStoreSCP:
             self.proc.wait(10)
 
     def files(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
+        """The files received completely so far."""
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and (self.done / p.name).exists())
 
 
 def storescu(port: int, paths: Sequence[Path], calling: str = "SCANNER", called: str = "CACNODE",
