@@ -104,7 +104,9 @@ def process_job(job: Job, settings: WorkerSettings, db: Database, labeller: obje
         log.info("series %s: skipped, not eligible: %s", job.series_uid, "; ".join(reasons))
         return "skipped"
     started = time.monotonic()
-    series = load_series(folder, series_uid=job.series_uid)
+    series = load_series(
+        folder, series_uid=job.series_uid, max_obliquity_degrees=settings.eligibility.max_obliquity_degrees
+    )
     labels = labeller.predict(series)  # type: ignore[attr-defined]
     identity = labeller.identity  # type: ignore[attr-defined]
     result = score_series(series, labels, settings.scoring, f"model:{identity.name} {identity.version}")
