@@ -22,7 +22,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from pipeline.inference import Labeller, ModelConfig, classify, grid_to_labels
 from pipeline.scoring import ScoringProfile
