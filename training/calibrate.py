@@ -22,7 +22,6 @@ import json
 import logging
 from pathlib import Path
 
-
 from pipeline.inference import Labeller, ModelConfig, classify, grid_to_labels
 from pipeline.scoring import ScoringProfile
 from pipeline.weights import load_weights, save_weights
