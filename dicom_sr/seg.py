@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_sr import codes
-from dicom_sr.source import header_copies
+from dicom_sr.source import device_attributes, header_copies
 from pipeline.arteries import ARTERIES, Artery
 from pipeline.errors import LabelsError
 from pipeline.identity import AlgorithmIdentity
@@ -127,11 +127,7 @@ def build_lesion_seg(
         series_number=series_number,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer=identity.manufacturer,
-        manufacturer_model_name=identity.name,
-        software_versions=identity.software_version,
-        # The model UID identifies this "device" (a trained model) uniquely.
-        device_serial_number=identity.uid,
+        **device_attributes(identity),
         series_description=series_description,
         content_label="CALCIUM",
         content_description="Coronary calcium by artery",

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, TM
 
+from pipeline.identity import AlgorithmIdentity
+
 logger = logging.getLogger(__name__)
 
 # Type 2 attributes of the Patient (C.7.1.1) and General Study (C.7.2.1) modules
@@ -92,3 +94,17 @@ def header_copies(datasets: Sequence[Dataset]) -> list[Dataset]:
                 copy.add(element)
         rest.append(copy)
     return [first, *rest]
+
+
+def device_attributes(identity: AlgorithmIdentity) -> dict[str, str]:
+    """highdicom keyword arguments naming the model as the device that made an object.
+
+    The model UID is the Device Serial Number: it identifies this "device" (a
+    trained model) uniquely and changes with every retraining.
+    """
+    return {
+        "manufacturer": identity.manufacturer,
+        "manufacturer_model_name": identity.name,
+        "software_versions": identity.software_version,
+        "device_serial_number": identity.uid,
+    }

@@ -29,7 +29,7 @@ from pydicom.valuerep import DSfloat
 
 from dicom_sr import codes
 from dicom_sr.config import ReportConfig
-from dicom_sr.source import header_copies
+from dicom_sr.source import device_attributes, header_copies
 from pipeline.arteries import ARTERY_NAMES
 from pipeline.flags import FLAG_TEXT, is_estimate
 from pipeline.identity import AlgorithmIdentity
@@ -270,11 +270,8 @@ def build_sr(
     if seg is not None:
         evidence.append(seg)
     equipment = hd.ContributingEquipment(
-        manufacturer=identity.manufacturer,
         purpose_of_reference=codes.PROCESSING_EQUIPMENT,
-        manufacturer_model_name=identity.name,
-        software_versions=identity.software_version,
-        device_serial_number=identity.uid,
+        **device_attributes(identity),
         contribution_description=f"Calcium scoring by {identity.name} {identity.version}, algorithm UID {identity.uid}",
     )
     sr = hd.sr.Comprehensive3DSR(
@@ -284,10 +281,7 @@ def build_sr(
         series_number=config.sr_series_number,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer=identity.manufacturer,
-        manufacturer_model_name=identity.name,
-        software_versions=identity.software_version,
-        device_serial_number=identity.uid,
+        **device_attributes(identity),
         series_description=config.sr_series_description,
         is_complete=True,
         is_final=False,
