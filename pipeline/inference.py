@@ -2,10 +2,18 @@
 
 ``Labeller.load`` reads the self-describing weights file (``pipeline.weights``)
 and rebuilds the exact preprocessing the model was trained with
-(``pipeline.preprocess``); ``predict`` runs preprocessing, the network on the
-heart crop, and the candidate majority rule (``pipeline.candidates``) on the
-original voxel grid.  Runs on the GPU when one is present (``device = "auto"``),
-otherwise on the CPU.
+(``pipeline.preprocess``); ``predict`` runs preprocessing and the network on the
+heart crop, then decides each candidate lesion (2-D component of
+``hu >= candidate_threshold_hu``, calcium-scoring.md):
+
+- with a lesion classifier in the weights file (the bundled one has it), from
+  the candidate's features (``pipeline.candidate_features``: the network's
+  probabilities, size, density, position and surroundings) by
+  ``pipeline.candidate_classifier``;
+- without one, by the majority rule of ``pipeline.candidates`` on the
+  network's cell classes.
+
+Runs on the GPU when one is present (``device = "auto"``), otherwise on the CPU.
 """
 
 from __future__ import annotations
@@ -18,11 +26,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from pipeline.candidate_classifier import CandidateClassifier, decide
+from pipeline.candidate_features import candidate_features
 from pipeline.candidates import labels_from_predictions
 from pipeline.errors import ModelError
 from pipeline.identity import AlgorithmIdentity
 from pipeline.model import UNet3D
-from pipeline.preprocess import CropBox, Prepared, Preprocess, cell_index
+from pipeline.preprocess import AIR_HU, CropBox, Prepared, Preprocess, cell_index, extract, insert, local_box
 from pipeline.series import CTSeries
 from pipeline.weights import WeightsFile, load_weights
 
@@ -66,6 +76,9 @@ class Labeller:
         self.device = device
         self.preprocess = Preprocess(weights.preprocess)
         self.model: UNet3D = weights.build_model().to(device)
+        self.classifier: CandidateClassifier | None = (
+            weights.classifier.build() if weights.classifier is not None else None
+        )
 
     @classmethod
     def load(cls, config: ModelConfig, device: str | None = None) -> Labeller:
@@ -92,20 +105,53 @@ class Labeller:
         prepared = self.preprocess(hu, pixel_spacing_mm, increment_mm)
         if not prepared.box.found:
             log.warning("series %s: no lungs found; heart crop centred on the body, all slices kept", name)
-        grid_classes = self.predict_grid(prepared)
-        return self.to_labels(hu, prepared, grid_classes)
-
-    def predict_grid(self, prepared: Prepared) -> np.ndarray:
-        """Class per grid cell, (z, grid, grid) uint8."""
-        return classify(self.logits(prepared), self.weights.background_bias)
+        return self.to_labels(hu, prepared, self.logits(prepared))
 
     def logits(self, prepared: Prepared) -> torch.Tensor:
         """Network output for one prepared image, (n_classes, z, grid, grid) float32 on the CPU."""
         return run_network(self.model, prepared.image, self.weights.model.z_multiple, self.device)
 
-    def to_labels(self, hu: np.ndarray, prepared: Prepared, grid_classes: np.ndarray) -> np.ndarray:
-        return grid_to_labels(hu, prepared.box, grid_classes, self.config.candidate_threshold_hu,
-                              self.config.candidate_connectivity)
+    def to_labels(self, hu: np.ndarray, prepared: Prepared, logits: torch.Tensor,
+                  classifier_bias: float | None = None) -> np.ndarray:
+        """Labels on the original voxels from the network output (``classifier_bias`` overrides the stored one)."""
+        if self.classifier is None or self.weights.classifier is None:
+            return grid_to_labels(hu, prepared.box, classify(logits, self.weights.background_bias),
+                                  self.config.candidate_threshold_hu, self.config.candidate_connectivity)
+        bias = self.weights.classifier.background_bias if classifier_bias is None else classifier_bias
+        hu_crop = extract(hu, prepared.box, AIR_HU)
+        crop_labels = classify_candidates(
+            self.classifier, bias, hu_crop, logits, local_box(prepared.box), prepared.pixel_spacing_mm,
+            prepared.increment_mm, self.config.candidate_threshold_hu, self.config.candidate_connectivity,
+        )
+        labels = np.zeros(hu.shape, dtype=np.uint8)
+        insert(labels, crop_labels, prepared.box)
+        return labels
+
+
+def classify_candidates(
+    classifier: CandidateClassifier,
+    background_bias: float,
+    hu_crop: np.ndarray,
+    logits: torch.Tensor,
+    box: CropBox,
+    pixel_spacing_mm: tuple[float, float],
+    increment_mm: float,
+    threshold_hu: float,
+    connectivity: int,
+) -> np.ndarray:
+    """Labels of a heart crop (uint8, shape of ``hu_crop``): each candidate as the lesion classifier decides.
+
+    ``box`` is in the crop's own coordinates (:func:`pipeline.preprocess.local_box`).
+    """
+    probabilities = torch.softmax(logits.float(), dim=0).numpy()
+    found = candidate_features(hu_crop, probabilities, box, pixel_spacing_mm, increment_mm, threshold_hu,
+                               connectivity)
+    if found.count == 0:
+        return np.zeros(hu_crop.shape, dtype=np.uint8)
+    with torch.inference_mode():
+        classes = decide(classifier(torch.from_numpy(found.features)), background_bias).numpy()
+    per_candidate = np.concatenate([[0], classes]).astype(np.uint8)
+    return per_candidate[found.ids]
 
 
 def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, device: torch.device) -> torch.Tensor:

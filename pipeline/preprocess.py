@@ -138,6 +138,20 @@ def extract(volume: np.ndarray, box: CropBox, fill: float) -> np.ndarray:
     return out
 
 
+def local_box(box: CropBox) -> CropBox:
+    """The same box in the coordinates of its own extracted crop."""
+    return CropBox(0, box.z1 - box.z0, 0, 0, box.rows, box.cols, box.centre_row - box.row0,
+                   box.centre_col - box.col0, box.found)
+
+
+def insert(volume: np.ndarray, crop: np.ndarray, box: CropBox) -> None:
+    """Write ``crop`` (as :func:`extract` returned it) back into ``volume``; the padding is dropped."""
+    r0, c0 = max(box.row0, 0), max(box.col0, 0)
+    r1, c1 = min(box.row0 + box.rows, volume.shape[1]), min(box.col0 + box.cols, volume.shape[2])
+    if r1 > r0 and c1 > c0:
+        volume[box.z0 : box.z1, r0:r1, c0:c1] = crop[:, r0 - box.row0 : r1 - box.row0, c0 - box.col0 : c1 - box.col0]
+
+
 class ToGrid:
     """HU crop (z, rows, cols) -> mean HU, peak HU, candidate, each (z, grid, grid)."""
 

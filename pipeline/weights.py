@@ -14,7 +14,11 @@ so opening a file never runs code from it):
   inference (0 = plain argmax); chosen on validation phantoms after training
   (``training.calibrate``) to trade lesion sensitivity against false positives;
 - ``training``: what the model was trained on and how (free-form, JSON-like);
-- ``validation``: the figures measured on held-out data (JSON-like).
+- ``validation``: the figures measured on held-out data (JSON-like);
+- ``classifier`` (optional): the second stage, the lesion classifier of
+  ``pipeline.candidate_classifier`` -- its arguments, weights (with the
+  feature standardisation), its own background bias and how it was fitted.
+  Without it, inference uses the plain candidate majority rule.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 import torch
 
+from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig
 from pipeline.errors import ModelError
 from pipeline.heart import HeartLocatorSettings
 from pipeline.identity import AlgorithmIdentity
@@ -42,6 +47,22 @@ def new_uid() -> str:
 
 
 @dataclass(frozen=True)
+class ClassifierWeights:
+    """The lesion classifier stored in a weights file."""
+
+    config: ClassifierConfig
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    background_bias: float = 0.0  # added to its background logit before the argmax
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> CandidateClassifier:
+        """The classifier with these weights, in eval mode."""
+        model = CandidateClassifier(self.config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+@dataclass(frozen=True)
 class WeightsFile:
     """The content of a weights file."""
 
@@ -54,6 +75,7 @@ class WeightsFile:
     background_bias: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
+    classifier: ClassifierWeights | None = None
 
     def identity(self) -> AlgorithmIdentity:
         return AlgorithmIdentity(name=self.name, version=self.version, uid=self.uid)
@@ -74,11 +96,19 @@ def save_weights(weights: WeightsFile, path: Path) -> None:
         "uid": weights.uid,
         "model": _plain(dataclasses.asdict(weights.model)),
         "preprocess": _plain(dataclasses.asdict(weights.preprocess)),
-        "state_dict": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.state_dict.items()},
+        "state_dict": _float32(weights.state_dict),
         "background_bias": float(weights.background_bias),
         "training": _plain(weights.training),
         "validation": _plain(weights.validation),
     }
+    if weights.classifier is not None:
+        c = weights.classifier
+        payload["classifier"] = {
+            "config": _plain(dataclasses.asdict(c.config)),
+            "state_dict": _float32(c.state_dict),
+            "background_bias": float(c.background_bias),
+            "training": _plain(c.training),
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -109,11 +139,29 @@ def load_weights(path: Path) -> WeightsFile:
             background_bias=float(payload.get("background_bias", 0.0)),
             training=dict(payload.get("training", {})),
             validation=dict(payload.get("validation", {})),
+            classifier=_classifier(payload.get("classifier")),
         )
         weights.build_model()  # shapes must match the stated architecture
+        if weights.classifier is not None:
+            weights.classifier.build()
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"weights file {path}: inconsistent content ({type(exc).__name__}: {exc})") from None
     return weights
+
+
+def _classifier(stored: Any) -> ClassifierWeights | None:
+    if stored is None:
+        return None
+    return ClassifierWeights(
+        config=ClassifierConfig(**_tuples(stored["config"])),
+        state_dict=dict(stored["state_dict"]),
+        background_bias=float(stored.get("background_bias", 0.0)),
+        training=dict(stored.get("training", {})),
+    )
+
+
+def _float32(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
 
 
 def _plain(obj: Any) -> Any:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.arteries import N_CLASSES
-from pipeline.preprocess import AIR_HU, CropBox, Preprocess, Prepared, extract, labels_to_grid
+from pipeline.preprocess import AIR_HU, Preprocess, Prepared, extract, labels_to_grid, local_box
 from training.cases import CachedCase
 
 
@@ -58,15 +58,9 @@ def full_case(case: CachedCase, preprocess: Preprocess) -> FullCase:
     box = preprocess.crop(case.where, case.pixel_spacing_mm)
     hu = extract(case.hu, box, AIR_HU)
     labels = extract(case.labels, box, 0)
-    prepared = preprocess.from_crop(hu, _local(box), case.pixel_spacing_mm, case.increment_mm)
+    prepared = preprocess.from_crop(hu, local_box(box), case.pixel_spacing_mm, case.increment_mm)
     target = labels_to_grid(labels, preprocess.config.grid, N_CLASSES)
     return FullCase(prepared, target, hu, labels, case.truth_agatston["total"])
-
-
-def _local(box: CropBox) -> CropBox:
-    """The same box in the coordinates of its own extracted crop."""
-    return CropBox(0, box.z1 - box.z0, 0, 0, box.rows, box.cols, box.centre_row - box.row0,
-                   box.centre_col - box.col0, box.found)
 
 
 def training_sample(
@@ -86,7 +80,7 @@ def training_sample(
     sigma = rng.uniform(*aug.noise_hu)
     if sigma > 0:
         hu = hu + rng.normal(0.0, sigma, hu.shape).astype(np.float32)
-    prepared = preprocess.from_crop(hu.astype(np.float32), _local(box), case.pixel_spacing_mm, case.increment_mm)
+    prepared = preprocess.from_crop(hu.astype(np.float32), local_box(box), case.pixel_spacing_mm, case.increment_mm)
     image = prepared.image
     target = labels_to_grid(labels, preprocess.config.grid, N_CLASSES)
     image, target = _rotate(image, target, rng.uniform(-aug.rotate_deg, aug.rotate_deg))

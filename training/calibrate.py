@@ -5,11 +5,12 @@ Usage::
     python -m training.calibrate models/cacnode-v1.pt --first-seed 20000 --n 24
 
 The network is run once per phantom; the label maps for each candidate bias
-are then derived from the same logits (``pipeline.inference.classify``) and
-scored (``training.metrics``).  The bias with the best selection figure
-(``training.module.selection``: ICC + kappa + right artery + sensitivity +
-zero-to-zero - 0.05 x false positives per scan) is written into the weights
-file (``background_bias``); the UID is kept, the network weights do not change.
+are then derived from the same logits and scored (``training.metrics``).  The
+bias is the lesion classifier's when the file has one (``classifier.background_bias``),
+else the network's (``background_bias``, majority rule).  The bias with the best
+selection figure (``training.module.selection``: ICC + kappa + right artery +
+sensitivity + zero-to-zero - 0.05 x false positives per scan) is written into
+the weights file; the UID is kept, no weight changes.
 Use validation seeds only (``[training] val_seed``), never the evaluation seeds
 of ``training.evaluate``, so the held-out figures stay held out.
 """
@@ -29,7 +30,8 @@ from training.cases import phantom_geometry
 from training.metrics import CaseOutcome, case_outcome, summarise
 from training.module import selection
 
-BIASES = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+BIASES = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)  # network logits (majority rule)
+CLASSIFIER_BIASES = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 
 
 def calibrate(labeller: Labeller, seeds: range, biases: tuple[float, ...]) -> dict[float, dict[str, float]]:
@@ -44,8 +46,11 @@ def calibrate(labeller: Labeller, seeds: range, biases: tuple[float, ...]) -> di
         prepared = labeller.preprocess(case.hu, spacing, increment)
         logits = labeller.logits(prepared)
         for b in biases:
-            labels = grid_to_labels(case.hu, prepared.box, classify(logits, b),
-                                    labeller.config.candidate_threshold_hu, labeller.config.candidate_connectivity)
+            if labeller.classifier is not None:
+                labels = labeller.to_labels(case.hu, prepared, logits, classifier_bias=b)
+            else:
+                labels = grid_to_labels(case.hu, prepared.box, classify(logits, b),
+                                        labeller.config.candidate_threshold_hu, labeller.config.candidate_connectivity)
             outcomes[b].append(case_outcome(case.hu, case.labels, labels, spacing, increment, profile))
         print(f"seed {seed} done", flush=True)
     return {b: summarise(o) for b, o in outcomes.items()}
@@ -59,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     labeller = Labeller.load(ModelConfig(weights=args.weights), device="cpu")
-    table = calibrate(labeller, range(args.first_seed, args.first_seed + args.n), BIASES)
+    biases = CLASSIFIER_BIASES if labeller.classifier is not None else BIASES
+    table = calibrate(labeller, range(args.first_seed, args.first_seed + args.n), biases)
     for b, f in table.items():
         print(f"bias {b:4.1f}: selection {selection(f):6.3f}  icc {f['icc']:.4f} kappa {f['kappa']:.3f} "
               f"zero->0 {f['zero_to_zero']:.2f} right {f['right_artery']:.3f} sens {f['lesion_sensitivity']:.3f} "
@@ -69,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {k: v for k, v in table[best].items() if v == v}  # drop nan
     validation = {**weights.validation, f"calibration_seeds_{args.first_seed}-{args.first_seed + args.n - 1}":
                   {"background_bias": best, **chosen}}
-    save_weights(dataclasses.replace(weights, background_bias=best, validation=validation), args.weights)
+    if weights.classifier is not None:
+        calibrated = dataclasses.replace(weights, classifier=dataclasses.replace(weights.classifier, background_bias=best),
+                                         validation=validation)
+    else:
+        calibrated = dataclasses.replace(weights, background_bias=best, validation=validation)
+    save_weights(calibrated, args.weights)
     print(json.dumps({"background_bias": best, **chosen}, indent=2))
     return 0
 

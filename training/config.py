@@ -37,6 +37,12 @@ class TrainingConfig:
     shifted_fraction: float = 0.0
     hospital_csv: Path | None = None  # CSV of series_dir,labels[,split] rows (paths relative to the CSV)
     prepare_workers: int = 2  # processes generating and caching cases before training (once)
+    # The lesion classifier (second stage) is fitted after the network on phantoms
+    # [classifier_seed, classifier_seed + classifier_phantoms) that the network never saw;
+    # 0 phantoms: no classifier, inference uses the plain majority rule.
+    classifier_phantoms: int = 0
+    classifier_seed: int = 60000
+    classifier_epochs: int = 60
 
     # --- network and preprocessing ---------------------------------------
     # U-Net channels per level.  Small on purpose: the net only decides which candidate
@@ -77,6 +83,8 @@ class TrainingConfig:
             raise ValueError("training.shifted_fraction must be within 0-1")
         if self.accelerator == "cpu" and self.precision != "32":
             raise ValueError("training.precision: mixed precision needs a GPU; use \"32\" on CPU")
+        if self.classifier_phantoms < 0 or self.classifier_epochs < 1:
+            raise ValueError("training.classifier_phantoms must be >= 0 and classifier_epochs >= 1")
         if self.prepare_workers < 1:
             raise ValueError("training.prepare_workers must be >= 1")
         if self.batch_size < 1 or self.samples_per_epoch < 1 or self.max_epochs < 1:

@@ -7,6 +7,7 @@ selection figure) is exported with a fresh algorithm UID.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
 from training.cases import CaseSource
 from training.config import TrainingConfig
 from training.datamodule import CalciumDataModule
+from training.fit_classifier import add_classifier
 from training.module import CalciumSegmenter
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,13 @@ def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *
         },
         validation={"phantom_validation_set": figures},
     )
+    if config.classifier_phantoms > 0 and not fast_dev_run:
+        # Keeps the network's UID lineage readable: the classifier records the network it was fitted on.
+        weights = add_classifier(weights, config.classifier_seed, config.classifier_phantoms,
+                                 work_dir / "candidates", workers=config.prepare_workers,
+                                 epochs=config.classifier_epochs,
+                                 accelerator="gpu" if config.accelerator == "gpu" else "cpu")
+        weights = dataclasses.replace(weights, validation={"phantom_validation_set_network": figures})
     save_weights(weights, output)
-    log.info("wrote %s (uid %s): %s", output, uid, ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
+    log.info("wrote %s (uid %s): %s", output, weights.uid, ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
     return 0

@@ -1,0 +1,223 @@
+"""Per-candidate features for the lesion classifier (pure numpy/scipy).
+
+A candidate is a 2-D connected component of ``hu >= threshold`` within a slice
+(calcium-scoring.md, "From model output to labels").  The U-Net's probabilities
+alone decide a candidate poorly: on the 1.4 mm grid a coronary plaque, an
+aortic-wall or mitral-annulus calcification next to it and a rib tip can share
+cells.  So each candidate gets a short feature vector that a small classifier
+(``pipeline.candidate_classifier``) turns into background or an artery:
+
+- the network's opinion: mean softmax of its voxels' cells (5) and the highest
+  coronary probability among them;
+- the lesion itself: area, peak and mean HU, and the size and extent of the
+  3-D calcified object it belongs to (bone is a large 3-D object, a plaque a
+  small one);
+- where it is: millimetres from the heart centre (the network's position
+  channels, same origin) and the distance to it;
+- what surrounds it: the share of fat, soft tissue, lung/air and calcium in a
+  small and a large in-plane window (a coronary plaque sits in epicardial fat,
+  a mitral or valve calcification in soft tissue, a rib next to lung);
+- a coarse picture of the neighbourhood in patient directions: mean HU
+  (soft-tissue window) of 4 mm boxes on a 5 x 5 grid round the candidate on its
+  slice, and of 8 mm boxes on a 3 x 3 grid 6 mm above and below.  Axial series
+  all face the same way, so "the aorta is to the right of it" is learnable;
+  it tells an aortic-wall calcification from a left-main plaque a few mm away.
+
+Everything is computed on the heart crop (``pipeline.preprocess.extract``), so
+training (cached crops) and inference (whole series) see the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.arteries import N_CLASSES
+from pipeline.preprocess import CropBox, cell_index
+from pipeline.scoring import in_plane_structure
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "p_background", "p_lm", "p_lad", "p_lcx", "p_rca", "p_coronary_max",
+    "log_area_mm2", "peak_hu", "mean_hu",
+    "log_object_volume_mm3", "object_z_extent_mm", "object_inplane_extent_mm",
+    "z_mm", "row_mm", "col_mm", "distance_mm",
+    "near_fat", "near_soft", "near_air", "near_calcium",
+    "wide_fat", "wide_soft", "wide_air", "wide_calcium",
+) + tuple(f"slice_hu_{i}_{j}" for i in range(5) for j in range(5)) + tuple(
+    f"{side}_hu_{i}_{j}" for side in ("below", "above") for i in range(3) for j in range(3))
+N_FEATURES = len(FEATURE_NAMES)
+
+# HU bands of the context windows: lung/air, fat, soft tissue (blood, muscle), calcium/bone.
+_AIR_BELOW = -250.0
+_FAT_BELOW = -30.0
+_NEAR_MM = 7.0  # side of the small context window
+_WIDE_MM = 17.0  # side of the large context window
+_CUBE = np.ones((3, 3, 3), dtype=bool)
+_PICTURE_WINDOW_HU = (-300.0, 300.0)  # HU clipped to this before box means: bone must not swamp the picture
+_SLICE_GRID = (5, 4.0)  # boxes per side, box side = step (mm), on the candidate's slice
+_NEIGHBOUR_GRID = (3, 8.0)  # the same above and below
+_NEIGHBOUR_MM = 6.0  # distance of those slices along z
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The candidates of one heart crop and their features."""
+
+    ids: np.ndarray  # int32 (z, rows, cols): 0 outside candidates, i for candidate i (1..n)
+    features: np.ndarray  # float32 (n, N_FEATURES), row i - 1 for candidate i
+
+    @property
+    def count(self) -> int:
+        return int(self.features.shape[0])
+
+
+def find_candidates(hu_crop: np.ndarray, threshold_hu: float, connectivity: int) -> tuple[np.ndarray, int]:
+    """2-D components of ``hu >= threshold_hu`` per slice: (ids, count)."""
+    ids, n = ndimage.label(hu_crop >= threshold_hu, structure=in_plane_structure(connectivity))
+    return ids.astype(np.int32, copy=False), int(n)
+
+
+def candidate_features(
+    hu_crop: np.ndarray,
+    probabilities: np.ndarray,
+    box: CropBox,
+    pixel_spacing_mm: tuple[float, float],
+    increment_mm: float,
+    threshold_hu: float,
+    connectivity: int,
+) -> Candidates:
+    """Candidates of a heart crop and their feature rows.
+
+    Parameters
+    ----------
+    hu_crop
+        (z, rows, cols) HU of the crop (``box`` in the crop's own coordinates:
+        ``row0 = col0 = 0``, the heart centre relative to the crop).
+    probabilities
+        (N_CLASSES, z, grid, grid) softmax of the network on this crop.
+    """
+    ids, n = find_candidates(hu_crop, threshold_hu, connectivity)
+    if n == 0:
+        return Candidates(ids, np.zeros((0, N_FEATURES), dtype=np.float32))
+    z, r, c = np.nonzero(ids)
+    which = ids[z, r, c].astype(np.int64) - 1
+    size = np.bincount(which, minlength=n).astype(np.float64)
+
+    def mean_of(values: np.ndarray) -> np.ndarray:
+        return np.bincount(which, weights=values, minlength=n) / size
+
+    grid = probabilities.shape[-1]
+    rows, cols = cell_index(box, grid)
+    voxel_probs = probabilities[:, z, rows[r], cols[c]].astype(np.float64)  # (N_CLASSES, voxels)
+    mean_probs = np.stack([mean_of(p) for p in voxel_probs], axis=1)
+    coronary_max = np.full(n, 0.0)
+    np.maximum.at(coronary_max, which, 1.0 - voxel_probs[0])
+
+    values = hu_crop[z, r, c].astype(np.float64)
+    peak = np.full(n, -np.inf)
+    np.maximum.at(peak, which, values)
+    pixel_area = pixel_spacing_mm[0] * pixel_spacing_mm[1]
+
+    volume, z_extent, inplane_extent = _object_features(ids > 0, z, r, c, which, n, pixel_spacing_mm, increment_mm)
+
+    # Position relative to the heart centre, as the network's position channels measure it.
+    z_mm = (mean_of(z.astype(np.float64)) - (hu_crop.shape[0] - 1) / 2.0) * increment_mm
+    row_mm = (mean_of(r.astype(np.float64)) + 0.5 - box.centre_row) * pixel_spacing_mm[0]
+    col_mm = (mean_of(c.astype(np.float64)) + 0.5 - box.centre_col) * pixel_spacing_mm[1]
+
+    near = _context(hu_crop, pixel_spacing_mm, _NEAR_MM, z, r, c, mean_of)
+    wide = _context(hu_crop, pixel_spacing_mm, _WIDE_MM, z, r, c, mean_of)
+
+    centre = (mean_of(z.astype(np.float64)), mean_of(r.astype(np.float64)), mean_of(c.astype(np.float64)))
+    picture = _picture(hu_crop, pixel_spacing_mm, increment_mm, centre)
+
+    features = np.column_stack([
+        mean_probs, coronary_max,
+        np.log(size * pixel_area), peak / 1000.0, mean_of(values) / 1000.0,
+        np.log(volume), z_extent / 10.0, inplane_extent / 10.0,
+        z_mm / 100.0, row_mm / 100.0, col_mm / 100.0, np.sqrt(z_mm**2 + row_mm**2 + col_mm**2) / 100.0,
+        near, wide, picture,
+    ]).astype(np.float32)
+    assert features.shape == (n, N_FEATURES)
+    return Candidates(ids, features)
+
+
+def _object_features(
+    mask: np.ndarray, z: np.ndarray, r: np.ndarray, c: np.ndarray, which: np.ndarray, n: int,
+    pixel_spacing_mm: tuple[float, float], increment_mm: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per candidate: volume (mm^3), z extent and in-plane extent (mm) of its 26-connected 3-D object."""
+    objects, n_objects = ndimage.label(mask, structure=_CUBE)
+    obj = objects[z, r, c].astype(np.int64)
+    voxel_volume = pixel_spacing_mm[0] * pixel_spacing_mm[1] * increment_mm
+    counts = np.bincount(obj, minlength=n_objects + 1).astype(np.float64)
+    extent = np.zeros((n_objects + 1, 3))
+    for axis, coord in enumerate((z, r, c)):
+        lo = np.full(n_objects + 1, np.inf)
+        hi = np.full(n_objects + 1, -np.inf)
+        np.minimum.at(lo, obj, coord)
+        np.maximum.at(hi, obj, coord)
+        extent[:, axis] = hi - lo + 1
+    # Every voxel of candidate i lies in one object: take it from any of them.
+    first = np.zeros(n, dtype=np.int64)
+    first[which] = obj
+    volume = counts[first] * voxel_volume
+    z_extent = extent[first, 0] * increment_mm
+    inplane = np.hypot(extent[first, 1] * pixel_spacing_mm[0], extent[first, 2] * pixel_spacing_mm[1])
+    return volume, z_extent, inplane
+
+
+def _context(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], side_mm: float,
+             z: np.ndarray, r: np.ndarray, c: np.ndarray, mean_of) -> np.ndarray:
+    """Per candidate, the share of fat, soft tissue, air and calcium in a ``side_mm`` in-plane window."""
+    size = (1, max(3, int(round(side_mm / pixel_spacing_mm[0]))) | 1,
+            max(3, int(round(side_mm / pixel_spacing_mm[1]))) | 1)
+    air = hu_crop < _AIR_BELOW
+    fat = (hu_crop >= _AIR_BELOW) & (hu_crop < _FAT_BELOW)
+    calcium = hu_crop >= 130.0
+    soft = ~(air | fat | calcium)
+    out = []
+    for band in (fat, soft, air, calcium):
+        # Only the candidate voxels are needed: filter, then gather (the filter is separable and cheap).
+        share = ndimage.uniform_filter(band.astype(np.float32), size=size, mode="nearest")
+        out.append(mean_of(share[z, r, c].astype(np.float64)))
+    return np.column_stack(out)
+
+
+def _picture(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float,
+             centre: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Box-mean HU on grids round each candidate centre (see the module docstring), scaled to about -1..1."""
+    clipped = np.clip(hu_crop, *_PICTURE_WINDOW_HU).astype(np.float32)
+    zc, rc, cc = centre
+    n_slices = hu_crop.shape[0]
+    columns = []
+    dz = int(round(_NEIGHBOUR_MM / increment_mm)) or 1
+    for grid, dzs in ((_SLICE_GRID, (0,)), (_NEIGHBOUR_GRID, (-dz, dz))):
+        boxes, step_mm = grid
+        side = (1, max(1, int(round(step_mm / pixel_spacing_mm[0]))), max(1, int(round(step_mm / pixel_spacing_mm[1]))))
+        means = ndimage.uniform_filter(clipped, size=side, mode="nearest")
+        offsets = (np.arange(boxes) - (boxes - 1) / 2.0) * step_mm
+        for d in dzs:
+            zi = np.clip(np.round(zc).astype(np.int64) + d, 0, n_slices - 1)
+            for off_r in offsets:
+                ri = np.clip(np.round(rc + off_r / pixel_spacing_mm[0]).astype(np.int64), 0, hu_crop.shape[1] - 1)
+                for off_c in offsets:
+                    ci = np.clip(np.round(cc + off_c / pixel_spacing_mm[1]).astype(np.int64), 0, hu_crop.shape[2] - 1)
+                    columns.append(means[zi, ri, ci] / _PICTURE_WINDOW_HU[1])
+    return np.column_stack(columns)
+
+
+def candidate_truth(ids: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Truth class per candidate (int64, length n): the artery labelling most of its voxels, else 0.
+
+    The same strict-majority rule as ``pipeline.candidates`` applies to the truth labels.
+    """
+    inside = ids > 0
+    which = ids[inside].astype(np.int64) - 1
+    classes = np.clip(labels[inside].astype(np.int64), 0, N_CLASSES - 1)
+    counts = np.bincount(which * N_CLASSES + classes, minlength=n * N_CLASSES).reshape(n, N_CLASSES)
+    coronary = counts[:, 1:].sum(axis=1)
+    artery = np.argmax(counts[:, 1:], axis=1) + 1
+    return np.where(2 * coronary > counts.sum(axis=1), artery, 0).astype(np.int64)

@@ -1,0 +1,162 @@
+"""The lesion classifier: candidate features, candidate truth, the stored classifier and its fit."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.arteries import N_CLASSES
+from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide
+from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, candidate_features, candidate_truth
+from pipeline.inference import Labeller, ModelConfig
+from pipeline.model import UNet3D, UNetConfig
+from pipeline.preprocess import AIR_HU, CropBox, Preprocess, PreprocessConfig, extract, local_box
+from pipeline.weights import ClassifierWeights, WeightsFile, load_weights, new_uid, save_weights
+from synthetic_chest import make_chest
+
+FAT, TISSUE = -100.0, 40.0
+
+
+def _feature(features: np.ndarray, name: str) -> np.ndarray:
+    return features[:, FEATURE_NAMES.index(name)]
+
+
+def _uniform_probabilities(shape: tuple[int, int, int], grid: int) -> np.ndarray:
+    p = np.zeros((N_CLASSES, shape[0], grid, grid), dtype=np.float32)
+    p[0] = 1.0
+    return p
+
+
+def test_features_tell_fat_from_soft_tissue_and_a_3d_object_from_a_flat_one() -> None:
+    """Two plaques of the same area: one in fat spanning 3 slices, one in soft tissue on one slice."""
+    hu = np.full((9, 60, 60), FAT, dtype=np.float32)
+    hu[:, :, 30:] = TISSUE
+    hu[3:6, 20:23, 10:13] = 500.0  # in fat, 3 slices
+    hu[4, 30:33, 45:48] = 300.0  # in soft tissue, 1 slice
+    box = CropBox(0, 9, 0, 0, 60, 60, centre_row=30.0, centre_col=30.0, found=True)
+    found = candidate_features(hu, _uniform_probabilities(hu.shape, 16), box, (1.0, 1.0), 2.0, 130.0, 8)
+    assert found.count == 4 and found.features.shape == (4, N_FEATURES)
+    assert np.all(np.isfinite(found.features))
+    in_fat = np.unique(found.ids[3:6, 20:23, 10:13]) - 1
+    in_tissue = int(found.ids[4, 31, 46]) - 1
+    near_fat = _feature(found.features, "near_fat")
+    assert np.all(near_fat[in_fat] > 0.8) and near_fat[in_tissue] < 0.1
+    volume = np.exp(_feature(found.features, "log_object_volume_mm3"))
+    assert volume[in_fat] == pytest.approx([27 * 2.0] * 3)  # 3 x 3 pixels x 3 slices x 2 mm
+    assert volume[in_tissue] == pytest.approx(9 * 2.0)
+    assert _feature(found.features, "object_z_extent_mm")[in_tissue] == pytest.approx(0.2)  # 2 mm / 10
+    assert np.exp(_feature(found.features, "log_area_mm2"))[in_tissue] == pytest.approx(9.0)
+    assert _feature(found.features, "peak_hu")[in_tissue] == pytest.approx(0.3)
+    # position from the heart centre: the soft-tissue plaque is 1.5 px below and 16.5 px right of it
+    assert _feature(found.features, "row_mm")[in_tissue] == pytest.approx(0.015)
+    assert _feature(found.features, "col_mm")[in_tissue] == pytest.approx(0.165)
+    # the picture: left of the fat plaque is fat, the centre box holds the calcium (clipped at 300)
+    assert _feature(found.features, "slice_hu_2_0")[in_fat[0]] == pytest.approx(FAT / 300.0, abs=0.01)
+    assert _feature(found.features, "slice_hu_2_4")[in_tissue] == pytest.approx(TISSUE / 300.0, abs=0.01)
+
+
+def test_features_carry_the_network_probabilities_of_the_candidate_cells() -> None:
+    hu = np.full((4, 32, 32), FAT, dtype=np.float32)
+    hu[1, 4:6, 4:6] = 400.0
+    probabilities = _uniform_probabilities(hu.shape, 8)
+    probabilities[:, 1, 1, 1] = [0.1, 0.0, 0.9, 0.0, 0.0]  # the cell of rows/cols 4-7
+    box = CropBox(0, 4, 0, 0, 32, 32, 16.0, 16.0, True)
+    found = candidate_features(hu, probabilities, box, (1.0, 1.0), 3.0, 130.0, 8)
+    assert found.count == 1
+    assert _feature(found.features, "p_lad")[0] == pytest.approx(0.9)
+    assert _feature(found.features, "p_coronary_max")[0] == pytest.approx(0.9)
+
+
+def test_no_candidate_gives_no_rows() -> None:
+    hu = np.full((4, 16, 16), FAT, dtype=np.float32)
+    found = candidate_features(hu, _uniform_probabilities(hu.shape, 8), CropBox(0, 4, 0, 0, 16, 16, 8, 8, True),
+                               (1.0, 1.0), 3.0, 130.0, 8)
+    assert found.count == 0 and found.features.shape == (0, N_FEATURES) and not found.ids.any()
+
+
+def test_candidate_truth_is_the_strict_majority_artery() -> None:
+    ids = np.array([[[1, 1, 1, 0, 2, 2, 0, 3, 3, 3]]], dtype=np.int32)
+    labels = np.array([[[2, 2, 0, 0, 4, 0, 0, 1, 3, 3]]], dtype=np.uint8)
+    # candidate 1: 2 of 3 LAD -> LAD; candidate 2: half RCA -> no majority; candidate 3: LCX 2, LM 1 -> LCX
+    assert candidate_truth(ids, labels, 3).tolist() == [2, 0, 3]
+
+
+def test_decide_with_background_bias() -> None:
+    logits = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 3.0, 0.0]])
+    assert decide(logits, 0.0).tolist() == [1, 3]
+    assert decide(logits, 2.0).tolist() == [0, 3]
+    assert decide(torch.zeros((0, N_CLASSES)), 1.0).tolist() == []
+
+
+def _weights_with_classifier(tmp_path: Path) -> WeightsFile:
+    torch.manual_seed(0)
+    small = UNetConfig(channels=(4, 8, 8))
+    classifier = CandidateClassifier(ClassifierConfig(hidden=(8,)))
+    classifier.set_standardisation(torch.randn(50, N_FEATURES) * 3 + 1)
+    weights = WeightsFile(
+        name="test-unet", version="0.0.1", uid=new_uid(), model=small, preprocess=PreprocessConfig(grid=32),
+        state_dict=UNet3D(small).state_dict(),
+        classifier=ClassifierWeights(ClassifierConfig(hidden=(8,)), classifier.state_dict(), background_bias=1.5,
+                                     training={"cases": 0}),
+    )
+    save_weights(weights, tmp_path / "w.pt")
+    return weights
+
+
+def test_classifier_round_trips_through_the_weights_file(tmp_path: Path) -> None:
+    saved = _weights_with_classifier(tmp_path)
+    loaded = load_weights(tmp_path / "w.pt")
+    assert loaded.classifier is not None and saved.classifier is not None
+    assert loaded.classifier.background_bias == 1.5 and loaded.classifier.config.hidden == (8,)
+    x = torch.randn(7, N_FEATURES)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.classifier.build()(x), saved.classifier.build()(x))
+    # a classifier whose shapes contradict its config is refused like a bad network
+    broken = dataclasses.replace(saved.classifier, config=ClassifierConfig(hidden=(16,)))
+    save_weights(dataclasses.replace(saved, classifier=broken), tmp_path / "bad.pt")
+    with pytest.raises(Exception, match="inconsistent"):
+        load_weights(tmp_path / "bad.pt")
+
+
+def test_labeller_with_classifier_labels_whole_candidates_only(tmp_path: Path) -> None:
+    _weights_with_classifier(tmp_path)
+    labeller = Labeller.load(ModelConfig(weights=tmp_path / "w.pt"), device="cpu")
+    assert labeller.classifier is not None
+    c = make_chest(n_slices=45)
+    prepared = labeller.preprocess(c.hu, c.pixel_spacing_mm, c.increment_mm)
+    logits = labeller.logits(prepared)
+    everything = labeller.to_labels(c.hu, prepared, logits, classifier_bias=-1e6)  # every candidate coronary
+    nothing = labeller.to_labels(c.hu, prepared, logits, classifier_bias=1e6)
+    assert not nothing.any()
+    # exactly the candidate voxels inside the heart crop are labelled, never a voxel below the threshold
+    inside = np.zeros(c.hu.shape, dtype=bool)
+    box = prepared.box
+    inside[box.z0:box.z1, max(box.row0, 0):box.row0 + box.rows, max(box.col0, 0):box.col0 + box.cols] = True
+    np.testing.assert_array_equal(everything > 0, (c.hu >= 130.0) & inside)
+    hu_crop = extract(c.hu, box, AIR_HU)
+    assert local_box(box).rows == hu_crop.shape[1]
+
+
+def test_fit_learns_a_separable_rule() -> None:
+    pytest.importorskip("pytorch_lightning")
+    from training.candidate_data import CandidateRows
+    from training.candidate_module import fit_classifier
+
+    rng = np.random.default_rng(0)
+    n = 600
+    features = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    # the artery is decided by the sign pattern of two features; background when feature 0 < 0.5
+    truth = np.where(features[:, 0] > 0.5, np.where(features[:, 1] > 0, 2, 4), 0).astype(np.int64)
+    rows = CandidateRows(features, truth, np.arange(n) // 50, np.full(n, 4.0, np.float32))
+    fitted = fit_classifier(rows, epochs=40, batch_size=128, learning_rate=1e-2,
+                            config=ClassifierConfig(hidden=(16,), dropout=0.0))
+    with torch.inference_mode():
+        predicted = decide(fitted.build()(torch.from_numpy(features)), 0.0).numpy()
+    assert np.mean(predicted == truth) > 0.9
+    assert fitted.training["coronary_candidates"] == int(np.count_nonzero(truth))
+    with pytest.raises(ValueError, match="no coronary"):
+        fit_classifier(dataclasses.replace(rows, truth=np.zeros(n, np.int64)), epochs=1)

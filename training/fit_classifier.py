@@ -1,0 +1,71 @@
+"""Fit the lesion classifier of a weights file on phantoms its network has never seen.
+
+Usage::
+
+    python -m training.fit_classifier models/cacnode-v1.pt --first-seed 60000 --n 400 --version 1.1.0
+
+The network stays as it is; the classifier (``pipeline.candidate_classifier``)
+is fitted on the candidates of phantoms ``first-seed ..`` run through the
+network (``training.candidate_data``) and stored in the file with a fresh
+UID (the model changed).  Figures measured on the previous model are dropped;
+calibrate (``training.calibrate``) and evaluate (``training.evaluate``) again.
+``cacnode train`` runs the same step after the network when
+``[training] classifier_phantoms`` > 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
+from training.candidate_data import collect_rows
+from training.candidate_module import fit_classifier
+from training.cases import PhantomSource
+
+log = logging.getLogger(__name__)
+
+
+def add_classifier(weights: WeightsFile, first_seed: int, n: int, cache_dir: Path, *, workers: int = 2,
+                   epochs: int = 60, version: str | None = None, accelerator: str = "cpu") -> WeightsFile:
+    """``weights`` with a classifier fitted on phantoms ``first_seed .. first_seed + n - 1`` and a new UID."""
+    sources = [PhantomSource(seed) for seed in range(first_seed, first_seed + n)]
+    rows = collect_rows(sources, weights, cache_dir, workers=workers)
+    classifier = fit_classifier(rows, epochs=epochs, accelerator=accelerator, describe={
+        "phantom_seeds": [first_seed, first_seed + n - 1],
+        "network_uid": weights.uid,
+        "generator": "training.phantom.generate (cacnode synthetic calcium-scoring CT)",
+    })
+    return dataclasses.replace(
+        weights,
+        uid=new_uid(),
+        version=version or weights.version,
+        classifier=classifier,
+        validation={},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("weights", type=Path)
+    p.add_argument("--first-seed", type=int, default=60000)
+    p.add_argument("--n", type=int, default=400)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--version", help="new version string (default: keep)")
+    p.add_argument("--output", type=Path, help="weights file to write (default: overwrite the input)")
+    p.add_argument("--cache", type=Path, default=Path("var/training/candidates"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    weights = add_classifier(load_weights(args.weights), args.first_seed, args.n, args.cache, workers=args.workers,
+                             epochs=args.epochs, version=args.version)
+    output = args.output or args.weights
+    save_weights(weights, output)
+    log.info("wrote %s (uid %s)", output, weights.uid)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
