@@ -1,9 +1,23 @@
-"""The lesion classifier: a candidate's features -> background or one of the four arteries.
+"""The lesion classifier: a candidate's features and image patch -> background or one of the four arteries.
 
-The second stage of the model (the first is ``pipeline.model.UNet3D``).  A
-small MLP over the feature rows of ``pipeline.candidate_features``; the
-feature standardisation is part of the module (buffers), so the weights file
-alone rebuilds it.  A plain ``nn.Module``, trained by
+The second stage of the model (the first is ``pipeline.model.UNet3D``), the
+classic two-stage design of automatic calcium scoring: the network marks
+where coronary calcium may be on its 1.4 mm grid, then each candidate lesion
+gets a closer look at native resolution.  Two branches are joined:
+
+- a small MLP over the feature rows of ``pipeline.candidate_features``
+  (network probabilities, size, density, position, surroundings); the
+  standardisation of the features is part of the module (buffers), so the
+  weights file alone rebuilds it;
+- a small 2-D CNN over the candidate's image patch (``candidate_patches``:
+  neighbouring slices as channels plus the candidate's mask), which sees what
+  a reader sees -- whether the calcium sits on the wall of the aorta or of a
+  coronary artery in epicardial fat.
+
+Candidates whose highest network coronary probability is below ``gate`` are
+background without a closer look: that keeps the CPU cost per series small
+(bone makes thousands of candidates) and was measured to drop almost no
+coronary candidate (model card).  A plain ``nn.Module``, trained by
 ``training.candidate_module``.
 """
 
@@ -15,7 +29,7 @@ import torch
 from torch import nn
 
 from pipeline.arteries import N_CLASSES
-from pipeline.candidate_features import N_FEATURES
+from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -24,12 +38,15 @@ class ClassifierConfig:
 
     n_features: int = N_FEATURES
     n_classes: int = N_CLASSES
-    hidden: tuple[int, ...] = (64, 64)
+    hidden: tuple[int, ...] = (64, 64)  # MLP branch
+    conv_channels: tuple[int, ...] = (16, 32, 64)  # CNN branch, one 2x pooling after each but the last
+    patch_channels: int = PATCH_CHANNELS
     dropout: float = 0.1
+    gate: float = 0.1  # candidates with a network coronary probability below this are background
 
 
 class CandidateClassifier(nn.Module):
-    """(n, n_features) -> logits (n, n_classes)."""
+    """(features (n, n_features), patches (n, patch_channels, side, side)) -> logits (n, n_classes)."""
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
@@ -41,16 +58,26 @@ class CandidateClassifier(nn.Module):
         for h in config.hidden:
             layers += [nn.Linear(width, h), nn.LeakyReLU(0.01), nn.Dropout(config.dropout)]
             width = h
-        layers.append(nn.Linear(width, config.n_classes))
-        self.net = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(*layers)
+        conv: list[nn.Module] = []
+        c_in = config.patch_channels
+        for i, c in enumerate(config.conv_channels):
+            conv += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.01)]
+            if i < len(config.conv_channels) - 1:
+                conv.append(nn.MaxPool2d(2))
+            c_in = c
+        conv += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.cnn = nn.Sequential(*conv)
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(width + c_in, config.n_classes))
 
     def set_standardisation(self, features: torch.Tensor) -> None:
         """Centre and scale the inputs by these training rows' statistics."""
         self.feature_mean.copy_(features.mean(dim=0))
         self.feature_std.copy_(features.std(dim=0).clamp(min=1e-3))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net((features - self.feature_mean) / self.feature_std)
+    def forward(self, features: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        rows = self.mlp((features - self.feature_mean) / self.feature_std)
+        return self.head(torch.cat([rows, self.cnn(patches)], dim=1))
 
 
 def decide(logits: torch.Tensor, background_bias: float) -> torch.Tensor:
@@ -60,3 +87,8 @@ def decide(logits: torch.Tensor, background_bias: float) -> torch.Tensor:
     shifted = logits.clone()
     shifted[:, 0] += background_bias
     return shifted.argmax(dim=1)
+
+
+def gated(features: torch.Tensor, gate: float) -> torch.Tensor:
+    """Boolean mask of the candidates worth a closer look (network coronary probability >= ``gate``)."""
+    return features[:, FEATURE_NAMES.index("p_coronary_max")] >= gate

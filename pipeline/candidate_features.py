@@ -60,6 +60,13 @@ _SLICE_GRID = (5, 4.0)  # boxes per side, box side = step (mm), on the candidate
 _NEIGHBOUR_GRID = (3, 8.0)  # the same above and below
 _NEIGHBOUR_MM = 6.0  # distance of those slices along z
 
+# Image patches for the classifier's convolutional branch (``candidate_patches``).
+PATCH_SLICES = 5  # slices centred on the candidate (about +-6-7 mm at 2.5-3 mm increments)
+PATCH_SIDE = 32  # pixels per side
+PATCH_MM = 40.0  # in-plane field of view (1.25 mm per patch pixel)
+PATCH_WINDOW_HU = (-300.0, 700.0)
+PATCH_CHANNELS = PATCH_SLICES + 2  # + the peak HU of the candidate's slice + the candidate's mask
+
 
 @dataclass(frozen=True)
 class Candidates:
@@ -67,6 +74,7 @@ class Candidates:
 
     ids: np.ndarray  # int32 (z, rows, cols): 0 outside candidates, i for candidate i (1..n)
     features: np.ndarray  # float32 (n, N_FEATURES), row i - 1 for candidate i
+    centres: np.ndarray  # float64 (n, 3): mean (z, row, col) voxel index of each candidate
 
     @property
     def count(self) -> int:
@@ -100,7 +108,7 @@ def candidate_features(
     """
     ids, n = find_candidates(hu_crop, threshold_hu, connectivity)
     if n == 0:
-        return Candidates(ids, np.zeros((0, N_FEATURES), dtype=np.float32))
+        return Candidates(ids, np.zeros((0, N_FEATURES), dtype=np.float32), np.zeros((0, 3)))
     z, r, c = np.nonzero(ids)
     which = ids[z, r, c].astype(np.int64) - 1
     size = np.bincount(which, minlength=n).astype(np.float64)
@@ -141,7 +149,7 @@ def candidate_features(
         near, wide, picture,
     ]).astype(np.float32)
     assert features.shape == (n, N_FEATURES)
-    return Candidates(ids, features)
+    return Candidates(ids, features, np.column_stack(centre))
 
 
 def _object_features(
@@ -207,6 +215,54 @@ def _picture(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], increme
                     ci = np.clip(np.round(cc + off_c / pixel_spacing_mm[1]).astype(np.int64), 0, hu_crop.shape[2] - 1)
                     columns.append(means[zi, ri, ci] / _PICTURE_WINDOW_HU[1])
     return np.column_stack(columns)
+
+
+def candidate_patches(hu_crop: np.ndarray, found: Candidates, which: np.ndarray, pixel_spacing_mm: tuple[float, float],
+                      increment_mm: float) -> np.ndarray:
+    """Image patches round the candidates ``which`` (0-based), float32 (len(which), PATCH_CHANNELS, side, side).
+
+    Channels: the mean HU of the ``PATCH_SLICES`` slices centred on the candidate,
+    the peak HU of its own slice (scaled, clipped to ``PATCH_WINDOW_HU``), and
+    the candidate's own mask.  In-plane the patch covers ``PATCH_MM`` at any
+    pixel spacing, so every series looks alike to the classifier; each patch
+    pixel (1.25 mm) pools the voxels it covers -- mean, peak, any -- so a
+    calcification of one 0.5 mm voxel is not skipped.  Outside the crop is air.
+    """
+    n_slices, n_rows, n_cols = hu_crop.shape
+    side = PATCH_SIDE
+    pixel_mm = PATCH_MM / side
+    sub = [max(1, int(np.ceil(pixel_mm / s))) for s in pixel_spacing_mm]  # samples per patch pixel and axis
+    centres = found.centres[which]
+    zc = np.round(centres[:, 0]).astype(np.int64)
+    step = (np.arange(side) - (side - 1) / 2.0) * pixel_mm
+    lo, hi = PATCH_WINDOW_HU
+    scale = lambda hu: (np.clip(hu, lo, hi) - 40.0) / 300.0
+    sums = np.zeros((len(which), PATCH_SLICES, side, side), dtype=np.float32)
+    peak = np.full((len(which), side, side), -np.inf, dtype=np.float32)
+    mask = np.zeros((len(which), side, side), dtype=bool)
+    half = PATCH_SLICES // 2
+    slices = [np.clip(zc + dz, 0, n_slices - 1)[:, None, None] for dz in range(-half, half + 1)]
+    label = (which + 1)[:, None, None]
+    for i in range(sub[0]):
+        r_mm = step + ((i + 0.5) / sub[0] - 0.5) * pixel_mm
+        rows = np.round(centres[:, 1, None] + r_mm[None] / pixel_spacing_mm[0]).astype(np.int64)
+        for j in range(sub[1]):
+            c_mm = step + ((j + 0.5) / sub[1] - 0.5) * pixel_mm
+            cols = np.round(centres[:, 2, None] + c_mm[None] / pixel_spacing_mm[1]).astype(np.int64)
+            inside = ((rows >= 0) & (rows < n_rows))[:, :, None] & ((cols >= 0) & (cols < n_cols))[:, None, :]
+            ri = np.clip(rows, 0, n_rows - 1)[:, :, None]
+            ci = np.clip(cols, 0, n_cols - 1)[:, None, :]
+            for k, z in enumerate(slices):
+                hu = np.where(inside, hu_crop[z, ri, ci], lo)
+                sums[:, k] += hu
+                if k == half:
+                    peak = np.maximum(peak, hu)
+            mask |= inside & (found.ids[slices[half], ri, ci] == label)
+    out = np.empty((len(which), PATCH_CHANNELS, side, side), dtype=np.float32)
+    out[:, :PATCH_SLICES] = scale(sums / (sub[0] * sub[1]))
+    out[:, PATCH_SLICES] = scale(peak)
+    out[:, PATCH_SLICES + 1] = mask
+    return out
 
 
 def candidate_truth(ids: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:

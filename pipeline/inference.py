@@ -26,8 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pipeline.candidate_classifier import CandidateClassifier, decide
-from pipeline.candidate_features import candidate_features
+from pipeline.candidate_classifier import CandidateClassifier, decide, gated
+from pipeline.candidate_features import candidate_features, candidate_patches
 from pipeline.candidates import labels_from_predictions
 from pipeline.errors import ModelError
 from pipeline.identity import AlgorithmIdentity
@@ -146,11 +146,14 @@ def classify_candidates(
     probabilities = torch.softmax(logits.float(), dim=0).numpy()
     found = candidate_features(hu_crop, probabilities, box, pixel_spacing_mm, increment_mm, threshold_hu,
                                connectivity)
-    if found.count == 0:
-        return np.zeros(hu_crop.shape, dtype=np.uint8)
-    with torch.inference_mode():
-        classes = decide(classifier(torch.from_numpy(found.features)), background_bias).numpy()
-    per_candidate = np.concatenate([[0], classes]).astype(np.uint8)
+    per_candidate = np.zeros(found.count + 1, dtype=np.uint8)
+    features = torch.from_numpy(found.features)
+    look = np.flatnonzero(gated(features, classifier.config.gate).numpy())
+    if look.size:
+        patches = candidate_patches(hu_crop, found, look, pixel_spacing_mm, increment_mm)
+        with torch.inference_mode():
+            logits = classifier(features[look], torch.from_numpy(patches))
+        per_candidate[look + 1] = decide(logits, background_bias).numpy()
     return per_candidate[found.ids]
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pipeline.arteries import N_CLASSES
-from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide
-from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, candidate_features, candidate_truth
+from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide, gated
+from pipeline.candidate_features import (FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, PATCH_MM, PATCH_SIDE,
+                                         PATCH_SLICES, candidate_features, candidate_patches, candidate_truth)
 from pipeline.inference import Labeller, ModelConfig
 from pipeline.model import UNet3D, UNetConfig
 from pipeline.preprocess import AIR_HU, CropBox, Preprocess, PreprocessConfig, extract, local_box
@@ -71,6 +72,35 @@ def test_features_carry_the_network_probabilities_of_the_candidate_cells() -> No
     assert _feature(found.features, "p_coronary_max")[0] == pytest.approx(0.9)
 
 
+def test_patches_show_the_candidate_and_its_surroundings_at_a_fixed_field_of_view() -> None:
+    hu = np.full((7, 80, 80), FAT, dtype=np.float32)
+    hu[:, :, 40:] = TISSUE  # soft tissue on the right half
+    hu[3, 20:22, 20:22] = 500.0  # candidate 1 in fat, 2 x 2 pixels
+    hu[0, 60:62, 70:72] = 300.0  # candidate 2 on the first slice, near the right edge
+    box = CropBox(0, 7, 0, 0, 80, 80, 40.0, 40.0, True)
+    found = candidate_features(hu, _uniform_probabilities(hu.shape, 16), box, (0.5, 0.5), 2.5, 130.0, 8)
+    assert found.count == 2
+    in_fat, at_edge = int(found.ids[3, 20, 20]) - 1, int(found.ids[0, 60, 70]) - 1
+    patches = candidate_patches(hu, found, np.array([in_fat, at_edge]), (0.5, 0.5), 2.5)
+    assert patches.shape == (2, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE) and patches.dtype == np.float32
+    centre = PATCH_SLICES // 2
+    # candidate 1 (2 x 2 voxels of 0.5 mm): its peak at full height, its mean diluted by fat around it,
+    # the slices above and below only fat
+    assert patches[0, PATCH_SLICES].max() == pytest.approx((500.0 - 40.0) / 300.0)
+    middle = slice(PATCH_SIDE // 2 - 2, PATCH_SIDE // 2 + 2)
+    assert (FAT - 40.0) / 300.0 < patches[0, centre, middle, middle].max() < (500.0 - 40.0) / 300.0
+    assert patches[0, centre + 1, middle, middle].max() == pytest.approx((FAT - 40.0) / 300.0)
+    # the mask channel marks the candidate's own pixels at 1.25 mm per patch pixel, at the patch centre
+    mask = patches[0, PATCH_SLICES + 1]
+    assert 1 <= mask.sum() <= 4 and mask[PATCH_SIDE // 2 - 1 : PATCH_SIDE // 2 + 1,
+                                          PATCH_SIDE // 2 - 1 : PATCH_SIDE // 2 + 1].all()
+    # 40 mm at 0.5 mm is 80 pixels: candidate 2's patch runs past the image edge and is air there
+    air = (-300.0 - 40.0) / 300.0
+    assert patches[1, centre, :, -1].max() == pytest.approx(air)
+    assert patches[1, centre, PATCH_SIDE // 2, PATCH_SIDE // 2 - 4] == pytest.approx((TISSUE - 40.0) / 300.0)
+    assert PATCH_MM / PATCH_SIDE == 1.25
+
+
 def test_no_candidate_gives_no_rows() -> None:
     hu = np.full((4, 16, 16), FAT, dtype=np.float32)
     found = candidate_features(hu, _uniform_probabilities(hu.shape, 8), CropBox(0, 4, 0, 0, 16, 16, 8, 8, True),
@@ -95,12 +125,13 @@ def test_decide_with_background_bias() -> None:
 def _weights_with_classifier(tmp_path: Path) -> WeightsFile:
     torch.manual_seed(0)
     small = UNetConfig(channels=(4, 8, 8))
-    classifier = CandidateClassifier(ClassifierConfig(hidden=(8,)))
+    config = ClassifierConfig(hidden=(8,), conv_channels=(4, 8), gate=0.0)
+    classifier = CandidateClassifier(config)
     classifier.set_standardisation(torch.randn(50, N_FEATURES) * 3 + 1)
     weights = WeightsFile(
         name="test-unet", version="0.0.1", uid=new_uid(), model=small, preprocess=PreprocessConfig(grid=32),
         state_dict=UNet3D(small).state_dict(),
-        classifier=ClassifierWeights(ClassifierConfig(hidden=(8,)), classifier.state_dict(), background_bias=1.5,
+        classifier=ClassifierWeights(config, classifier.state_dict(), background_bias=1.5,
                                      training={"cases": 0}),
     )
     save_weights(weights, tmp_path / "w.pt")
@@ -113,10 +144,11 @@ def test_classifier_round_trips_through_the_weights_file(tmp_path: Path) -> None
     assert loaded.classifier is not None and saved.classifier is not None
     assert loaded.classifier.background_bias == 1.5 and loaded.classifier.config.hidden == (8,)
     x = torch.randn(7, N_FEATURES)
+    patches = torch.randn(7, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE)
     with torch.inference_mode():
-        torch.testing.assert_close(loaded.classifier.build()(x), saved.classifier.build()(x))
+        torch.testing.assert_close(loaded.classifier.build()(x, patches), saved.classifier.build()(x, patches))
     # a classifier whose shapes contradict its config is refused like a bad network
-    broken = dataclasses.replace(saved.classifier, config=ClassifierConfig(hidden=(16,)))
+    broken = dataclasses.replace(saved.classifier, config=ClassifierConfig(hidden=(16,), conv_channels=(4, 8)))
     save_weights(dataclasses.replace(saved, classifier=broken), tmp_path / "bad.pt")
     with pytest.raises(Exception, match="inconsistent"):
         load_weights(tmp_path / "bad.pt")
@@ -141,6 +173,12 @@ def test_labeller_with_classifier_labels_whole_candidates_only(tmp_path: Path) -
     assert local_box(box).rows == hu_crop.shape[1]
 
 
+def test_gate_keeps_candidates_the_network_finds_likely() -> None:
+    features = torch.zeros((3, N_FEATURES))
+    features[:, FEATURE_NAMES.index("p_coronary_max")] = torch.tensor([0.05, 0.1, 0.9])
+    assert gated(features, 0.1).tolist() == [False, True, True]
+
+
 def test_fit_learns_a_separable_rule() -> None:
     pytest.importorskip("pytorch_lightning")
     from training.candidate_data import CandidateRows
@@ -149,13 +187,16 @@ def test_fit_learns_a_separable_rule() -> None:
     rng = np.random.default_rng(0)
     n = 600
     features = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
-    # the artery is decided by the sign pattern of two features; background when feature 0 < 0.5
-    truth = np.where(features[:, 0] > 0.5, np.where(features[:, 1] > 0, 2, 4), 0).astype(np.int64)
-    rows = CandidateRows(features, truth, np.arange(n) // 50, np.full(n, 4.0, np.float32))
-    fitted = fit_classifier(rows, epochs=40, batch_size=128, learning_rate=1e-2,
-                            config=ClassifierConfig(hidden=(16,), dropout=0.0))
+    # background when feature 0 < 0.5; else the artery is LAD when the patch is bright, RCA when dark
+    bright = rng.random(n) < 0.5
+    patches = np.where(bright[:, None, None, None], 1.0, -1.0) * np.ones((n, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE))
+    patches = (patches + rng.normal(0, 0.3, patches.shape)).astype(np.float16)
+    truth = np.where(features[:, 0] > 0.5, np.where(bright, 2, 4), 0).astype(np.int64)
+    rows = CandidateRows(features, patches, truth, np.arange(n) // 50, np.full(n, 4.0, np.float32))
+    fitted = fit_classifier(rows, epochs=30, batch_size=64, learning_rate=1e-2,
+                            config=ClassifierConfig(hidden=(16,), conv_channels=(4, 8), dropout=0.0))
     with torch.inference_mode():
-        predicted = decide(fitted.build()(torch.from_numpy(features)), 0.0).numpy()
+        predicted = decide(fitted.build()(torch.from_numpy(features), torch.from_numpy(patches).float()), 0.0).numpy()
     assert np.mean(predicted == truth) > 0.9
     assert fitted.training["coronary_candidates"] == int(np.count_nonzero(truth))
     with pytest.raises(ValueError, match="no coronary"):

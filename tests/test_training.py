@@ -123,3 +123,23 @@ def test_one_epoch_run_exports_the_best_checkpoint(tmp_path: Path) -> None:
     assert weights.training["fast_dev_run"] is False and weights.training["epochs"] == 1
     assert list((tmp_path / "work" / "checkpoints" / weights.uid).glob("best-*.ckpt"))
     assert weights.validation["phantom_validation_set"]["cases"] == 2.0
+
+
+def test_training_fits_the_lesion_classifier_after_the_network(tmp_path: Path) -> None:
+    """[training] classifier cases: the exported file carries a fitted classifier that inference uses."""
+    from pipeline.candidate_classifier import ClassifierConfig
+
+    config = tiny_config(tmp_path, batch_size=2, samples_per_epoch=4, classifier_epochs=2)
+    sources = ([ChestSource(1)], [ChestSource(2)])
+    small = ClassifierConfig(hidden=(8,), conv_channels=(4, 8), gate=0.0)  # an untrained network gates nothing out
+    assert run_train(config, output=None, fast_dev_run=False, sources=sources,
+                     classifier_sources=[ChestSource(4), ChestSource(5)], classifier_config=small) == 0
+    weights = load_weights(tmp_path / "model.pt")
+    assert weights.classifier is not None and weights.classifier.config == small
+    assert weights.classifier.training["cases"] == 2 and weights.classifier.training["coronary_candidates"] >= 6
+    assert weights.classifier.training["network_uid"] != weights.uid  # a new model, a new UID
+    assert list((tmp_path / "work" / "candidates").glob("chest-4-*.npz"))
+    labeller = Labeller.load(ModelConfig(weights=tmp_path / "model.pt"), device="cpu")
+    c = make_chest(seed=6)
+    labels = labeller.predict_volume(c.hu, c.pixel_spacing_mm, c.increment_mm)
+    assert labels.shape == c.hu.shape and np.all(c.hu[labels > 0] >= 130.0)

@@ -1,13 +1,14 @@
-"""Training rows for the lesion classifier: every candidate of a case, its features and its truth.
+"""Training rows for the lesion classifier: the candidates of a case, their features, patches and truth.
 
 A case goes through exactly the inference path of ``pipeline.inference``
-(preprocessing, the trained network, ``pipeline.candidate_features``); the
-truth of a candidate is the artery labelling most of its voxels
-(``candidate_truth``).  The network that produced the probabilities must not
+(preprocessing, the trained network, ``pipeline.candidate_features``, the
+gate of ``pipeline.candidate_classifier``); only the candidates past the gate
+become rows, as only those reach the classifier.  The truth of a candidate is
+the artery labelling most of its voxels (``candidate_truth``).  The network that produced the probabilities must not
 have been trained on these cases, or its confidence would be that of training
 data, not of new scans: the phantom seeds used here are their own range.
 
-Rows are cached per case and network UID under ``cache_dir`` (a few kB each),
+Rows are cached per case and network UID under ``cache_dir`` (a few MB each),
 so refitting the classifier does not regenerate phantoms.
 """
 
@@ -22,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.candidate_features import N_FEATURES, candidate_features, candidate_truth
+from pipeline.candidate_classifier import gated
+from pipeline.candidate_features import (N_FEATURES, PATCH_CHANNELS, PATCH_SIDE, candidate_features, candidate_patches,
+                                         candidate_truth)
 from pipeline.inference import run_network
 from pipeline.preprocess import AIR_HU, Preprocess, extract, local_box
 from pipeline.scoring import ScoringProfile
@@ -37,6 +40,7 @@ class CandidateRows:
     """Feature rows of many cases."""
 
     features: np.ndarray  # float32 (n, N_FEATURES)
+    patches: np.ndarray  # float16 (n, PATCH_CHANNELS, side, side)
     truth: np.ndarray  # int64 (n,) 0 background, 1-4 artery
     case: np.ndarray  # int64 (n,) index of the case in the source list
     area_mm2: np.ndarray  # float32 (n,) candidate area (weights the loss: sub-1 mm^2 ones are never scored)
@@ -44,14 +48,16 @@ class CandidateRows:
     @staticmethod
     def concatenate(parts: Sequence[CandidateRows]) -> CandidateRows:
         if not parts:
-            return CandidateRows(np.zeros((0, N_FEATURES), np.float32), np.zeros(0, np.int64),
-                                 np.zeros(0, np.int64), np.zeros(0, np.float32))
+            return CandidateRows(np.zeros((0, N_FEATURES), np.float32),
+                                 np.zeros((0, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE), np.float16),
+                                 np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
         return CandidateRows(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                               ("features", "truth", "case", "area_mm2")))
+                               ("features", "patches", "truth", "case", "area_mm2")))
 
 
-def case_rows(source: CaseSource, weights: WeightsFile, index: int, profile: ScoringProfile) -> CandidateRows:
-    """The candidates of one case, through the inference path of ``weights``' network."""
+def case_rows(source: CaseSource, weights: WeightsFile, index: int, profile: ScoringProfile,
+              gate: float) -> CandidateRows:
+    """The gated candidates of one case, through the inference path of ``weights``' network."""
     case = source.load()
     preprocess = Preprocess(weights.preprocess)
     prepared = preprocess(case.hu, case.pixel_spacing_mm, case.increment_mm)
@@ -60,30 +66,35 @@ def case_rows(source: CaseSource, weights: WeightsFile, index: int, profile: Sco
     labels_crop = extract(case.labels, prepared.box, 0)
     found = candidate_features(hu_crop, torch.softmax(logits, dim=0).numpy(), local_box(prepared.box),
                                case.pixel_spacing_mm, case.increment_mm, profile.threshold_hu, profile.connectivity)
-    truth = candidate_truth(found.ids, labels_crop, found.count)
-    pixels = np.bincount(found.ids.ravel(), minlength=found.count + 1)[1:]
+    look = np.flatnonzero(gated(torch.from_numpy(found.features), gate).numpy())
+    patches = candidate_patches(hu_crop, found, look, case.pixel_spacing_mm, case.increment_mm)
+    truth = candidate_truth(found.ids, labels_crop, found.count)[look]
+    pixels = np.bincount(found.ids.ravel(), minlength=found.count + 1)[1:][look]
     area = (pixels * case.pixel_spacing_mm[0] * case.pixel_spacing_mm[1]).astype(np.float32)
-    return CandidateRows(found.features, truth, np.full(found.count, index, np.int64), area)
+    return CandidateRows(found.features[look], patches.astype(np.float16), truth,
+                         np.full(look.size, index, np.int64), area)
 
 
-def _cached_rows(source: CaseSource, weights: WeightsFile, index: int, cache_dir: Path) -> CandidateRows:
-    path = cache_dir / f"{source.key}-{weights.uid}-f{N_FEATURES}.npz"  # stale when the features change
+def _cached_rows(source: CaseSource, weights: WeightsFile, index: int, cache_dir: Path, gate: float) -> CandidateRows:
+    # Stale when the network, the features or the gate change.
+    path = cache_dir / f"{source.key}-{weights.uid}-f{N_FEATURES}-p{PATCH_CHANNELS}x{PATCH_SIDE}-g{gate:g}.npz"
     if path.is_file():
         with np.load(path) as z:
-            return CandidateRows(z["features"], z["truth"], np.full(len(z["truth"]), index, np.int64), z["area"])
+            return CandidateRows(z["features"], z["patches"], z["truth"], np.full(len(z["truth"]), index, np.int64),
+                                 z["area"])
     torch.set_num_threads(1)  # one process per core
-    rows = case_rows(source, weights, index, ScoringProfile())
+    rows = case_rows(source, weights, index, ScoringProfile(), gate)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, features=rows.features, truth=rows.truth, area=rows.area_mm2)
+    np.savez(tmp, features=rows.features, patches=rows.patches, truth=rows.truth, area=rows.area_mm2)
     tmp.replace(path)
     return rows
 
 
-def collect_rows(sources: Sequence[CaseSource], weights: WeightsFile, cache_dir: Path,
+def collect_rows(sources: Sequence[CaseSource], weights: WeightsFile, cache_dir: Path, gate: float,
                  workers: int = 1) -> CandidateRows:
     """Rows of every source (cached), using ``workers`` processes."""
-    jobs = [(s, weights, i, cache_dir) for i, s in enumerate(sources)]
+    jobs = [(s, weights, i, cache_dir, gate) for i, s in enumerate(sources)]
     if workers <= 1 or len(jobs) <= 1:
         parts = [_cached_rows(*job) for job in jobs]
     else:

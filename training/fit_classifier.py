@@ -18,25 +18,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.candidate_classifier import ClassifierConfig
 from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
 from training.candidate_data import collect_rows
 from training.candidate_module import fit_classifier
-from training.cases import PhantomSource
+from training.cases import CaseSource, PhantomSource
 
 log = logging.getLogger(__name__)
 
 
-def add_classifier(weights: WeightsFile, first_seed: int, n: int, cache_dir: Path, *, workers: int = 2,
-                   epochs: int = 60, version: str | None = None, accelerator: str = "cpu") -> WeightsFile:
-    """``weights`` with a classifier fitted on phantoms ``first_seed .. first_seed + n - 1`` and a new UID."""
-    sources = [PhantomSource(seed) for seed in range(first_seed, first_seed + n)]
-    rows = collect_rows(sources, weights, cache_dir, workers=workers)
-    classifier = fit_classifier(rows, epochs=epochs, accelerator=accelerator, describe={
-        "phantom_seeds": [first_seed, first_seed + n - 1],
+def phantoms(first_seed: int, n: int) -> list[PhantomSource]:
+    return [PhantomSource(seed) for seed in range(first_seed, first_seed + n)]
+
+
+def add_classifier(weights: WeightsFile, sources: Sequence[CaseSource], cache_dir: Path, *, workers: int = 2,
+                   epochs: int = 60, version: str | None = None, accelerator: str = "cpu",
+                   config: ClassifierConfig = ClassifierConfig()) -> WeightsFile:
+    """``weights`` with a classifier fitted on ``sources`` and a new UID."""
+    rows = collect_rows(sources, weights, cache_dir, config.gate, workers=workers)
+    classifier = fit_classifier(rows, epochs=epochs, accelerator=accelerator, config=config, describe={
+        "sources": _describe(sources),
         "network_uid": weights.uid,
-        "generator": "training.phantom.generate (cacnode synthetic calcium-scoring CT)",
+        "gate": config.gate,
     })
     return dataclasses.replace(
         weights,
@@ -45,6 +51,16 @@ def add_classifier(weights: WeightsFile, first_seed: int, n: int, cache_dir: Pat
         classifier=classifier,
         validation={},
     )
+
+
+def _describe(sources: Sequence[CaseSource]) -> dict[str, object]:
+    seeds = [s.seed for s in sources if isinstance(s, PhantomSource)]
+    return {
+        "cases": len(sources),
+        "phantoms": len(seeds),
+        "phantom_seeds": [min(seeds), max(seeds)] if seeds else [],
+        "generator": "training.phantom.generate (cacnode synthetic calcium-scoring CT)",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=Path("var/training/candidates"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    weights = add_classifier(load_weights(args.weights), args.first_seed, args.n, args.cache, workers=args.workers,
-                             epochs=args.epochs, version=args.version)
+    weights = add_classifier(load_weights(args.weights), phantoms(args.first_seed, args.n), args.cache,
+                             workers=args.workers, epochs=args.epochs, version=args.version)
     output = args.output or args.weights
     save_weights(weights, output)
     log.info("wrote %s (uid %s)", output, weights.uid)

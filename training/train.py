@@ -19,13 +19,14 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from pipeline.candidate_classifier import ClassifierConfig
 from pipeline.model import UNetConfig
 from pipeline.preprocess import PreprocessConfig, Preprocess
 from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
-from training.cases import CaseSource
+from training.cases import CaseSource, HospitalSource
 from training.config import TrainingConfig
 from training.datamodule import CalciumDataModule
-from training.fit_classifier import add_classifier
+from training.fit_classifier import add_classifier, phantoms
 from training.module import CalciumSegmenter
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ def build_trainer(config: TrainingConfig, work_dir: Path, fast_dev_run: bool,
 
 
 def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *,
-              sources: tuple[Sequence[CaseSource], Sequence[CaseSource]] | None = None) -> int:
+              sources: tuple[Sequence[CaseSource], Sequence[CaseSource]] | None = None,
+              classifier_sources: Sequence[CaseSource] | None = None,
+              classifier_config: ClassifierConfig = ClassifierConfig()) -> int:
     """Train, validate and export; returns the process exit code.
 
     Parameters
@@ -82,6 +85,8 @@ def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *
         One training and one validation batch (smoke test); the weights are still exported.
     sources
         Training and validation cases replacing the phantoms of ``config`` (tests, custom sets).
+    classifier_sources, classifier_config
+        Cases replacing the classifier phantoms of ``config``, and the classifier's architecture.
     """
     started = time.monotonic()
     output = Path(output if output is not None else config.output)
@@ -149,12 +154,17 @@ def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *
         },
         validation={"phantom_validation_set": figures},
     )
-    if config.classifier_phantoms > 0 and not fast_dev_run:
-        # Keeps the network's UID lineage readable: the classifier records the network it was fitted on.
-        weights = add_classifier(weights, config.classifier_seed, config.classifier_phantoms,
-                                 work_dir / "candidates", workers=config.prepare_workers,
+    if classifier_sources is None:
+        # Phantoms the network never saw, plus the site's own training series (the only real
+        # scans there may be: worth more than the network's overconfidence on them costs).
+        site = [s for s in data.train_sources if isinstance(s, HospitalSource)]
+        classifier_sources = [*phantoms(config.classifier_seed, config.classifier_phantoms), *site]
+    if classifier_sources and not fast_dev_run:
+        # The second stage; the file gets a new UID and the classifier records the network's (``network_uid``).
+        weights = add_classifier(weights, classifier_sources, work_dir / "candidates", workers=config.prepare_workers,
                                  epochs=config.classifier_epochs,
-                                 accelerator="gpu" if config.accelerator == "gpu" else "cpu")
+                                 accelerator="gpu" if config.accelerator == "gpu" else "cpu",
+                                 config=classifier_config)
         weights = dataclasses.replace(weights, validation={"phantom_validation_set_network": figures})
     save_weights(weights, output)
     log.info("wrote %s (uid %s): %s", output, weights.uid, ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
