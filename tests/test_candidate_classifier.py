@@ -193,7 +193,7 @@ def test_fit_learns_a_separable_rule() -> None:
     patches = (patches + rng.normal(0, 0.3, patches.shape)).astype(np.float16)
     truth = np.where(features[:, 0] > 0.5, np.where(bright, 2, 4), 0).astype(np.int64)
     rows = CandidateRows(features, patches, truth, np.arange(n) // 50, np.full(n, 4.0, np.float32))
-    fitted = fit_classifier(rows, epochs=30, batch_size=64, learning_rate=1e-2,
+    fitted = fit_classifier(rows, epochs=30, batch_size=64, learning_rate=1e-2, easy_keep=1.0,
                             config=ClassifierConfig(hidden=(16,), conv_channels=(4, 8), dropout=0.0))
     with torch.inference_mode():
         predicted = decide(fitted.build()(torch.from_numpy(features), torch.from_numpy(patches).float()), 0.0).numpy()
@@ -201,3 +201,23 @@ def test_fit_learns_a_separable_rule() -> None:
     assert fitted.training["coronary_candidates"] == int(np.count_nonzero(truth))
     with pytest.raises(ValueError, match="no coronary"):
         fit_classifier(dataclasses.replace(rows, truth=np.zeros(n, np.int64)), epochs=1)
+
+
+def test_easy_background_is_subsampled_and_reweighted() -> None:
+    from training.candidate_data import CandidateRows
+    from training.candidate_module import subsample_easy
+
+    n = 4000
+    features = np.zeros((n, N_FEATURES), np.float32)
+    p = FEATURE_NAMES.index("p_coronary_max")
+    features[: n // 2, p] = 0.2  # easy background
+    features[n // 2 :, p] = 0.9  # hard background and coronary
+    truth = np.zeros(n, np.int64)
+    truth[-100:] = 2
+    rows = CandidateRows(features, np.zeros((n, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE), np.float16), truth,
+                         np.zeros(n, np.int64), np.ones(n, np.float32))
+    picked, factor = subsample_easy(rows, 0.25, seed=0)
+    easy = picked.features[:, p] < 0.5
+    assert np.count_nonzero(~easy) == n // 2  # every hard and coronary row stays
+    assert 400 < np.count_nonzero(easy) < 600 and np.all(factor[easy] == 4.0) and np.all(factor[~easy] == 1.0)
+    assert np.count_nonzero(picked.truth) == 100
