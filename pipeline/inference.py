@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.candidate_classifier import CandidateClassifier, decide, gated
-from pipeline.candidate_features import candidate_features, candidate_patches
+from pipeline.candidate_features import Candidates, candidate_features, candidate_patches
 from pipeline.candidates import labels_from_predictions
 from pipeline.errors import ModelError
 from pipeline.identity import AlgorithmIdentity
@@ -118,19 +118,43 @@ class Labeller:
             return grid_to_labels(hu, prepared.box, classify(logits, self.weights.background_bias),
                                   self.config.candidate_threshold_hu, self.config.candidate_connectivity)
         bias = self.weights.classifier.background_bias if classifier_bias is None else classifier_bias
-        hu_crop = extract(hu, prepared.box, AIR_HU)
-        crop_labels = classify_candidates(
-            self.classifier, bias, hu_crop, logits, local_box(prepared.box), prepared.pixel_spacing_mm,
-            prepared.increment_mm, self.config.candidate_threshold_hu, self.config.candidate_connectivity,
+        return self.place(hu, prepared, self.decide_candidates(hu, prepared, logits).labels(bias))
+
+    def decide_candidates(self, hu: np.ndarray, prepared: Prepared, logits: torch.Tensor) -> CandidateDecisions:
+        """The lesion classifier's logits for every candidate of the heart crop (needs a classifier)."""
+        assert self.classifier is not None, "the weights file has no lesion classifier"
+        return decide_candidates(
+            self.classifier, extract(hu, prepared.box, AIR_HU), logits, local_box(prepared.box),
+            prepared.pixel_spacing_mm, prepared.increment_mm, self.config.candidate_threshold_hu,
+            self.config.candidate_connectivity,
         )
+
+    @staticmethod
+    def place(hu: np.ndarray, prepared: Prepared, crop_labels: np.ndarray) -> np.ndarray:
+        """Labels of the heart crop back on the whole volume (0 outside the crop)."""
         labels = np.zeros(hu.shape, dtype=np.uint8)
         insert(labels, crop_labels, prepared.box)
         return labels
 
 
-def classify_candidates(
+@dataclass(frozen=True)
+class CandidateDecisions:
+    """The candidates of a heart crop and the classifier's logits for those past the gate."""
+
+    candidates: Candidates
+    looked_at: np.ndarray  # 0-based indices of the candidates past the gate
+    logits: torch.Tensor  # (len(looked_at), n_classes)
+
+    def labels(self, background_bias: float) -> np.ndarray:
+        """uint8 labels of the crop: each candidate looked at takes its class, every other voxel 0."""
+        per_candidate = np.zeros(self.candidates.count + 1, dtype=np.uint8)
+        if self.looked_at.size:
+            per_candidate[self.looked_at + 1] = decide(self.logits, background_bias).numpy()
+        return per_candidate[self.candidates.ids]
+
+
+def decide_candidates(
     classifier: CandidateClassifier,
-    background_bias: float,
     hu_crop: np.ndarray,
     logits: torch.Tensor,
     box: CropBox,
@@ -138,23 +162,22 @@ def classify_candidates(
     increment_mm: float,
     threshold_hu: float,
     connectivity: int,
-) -> np.ndarray:
-    """Labels of a heart crop (uint8, shape of ``hu_crop``): each candidate as the lesion classifier decides.
+) -> CandidateDecisions:
+    """Features, gate and classifier for the candidates of a heart crop.
 
     ``box`` is in the crop's own coordinates (:func:`pipeline.preprocess.local_box`).
     """
     probabilities = torch.softmax(logits.float(), dim=0).numpy()
     found = candidate_features(hu_crop, probabilities, box, pixel_spacing_mm, increment_mm, threshold_hu,
                                connectivity)
-    per_candidate = np.zeros(found.count + 1, dtype=np.uint8)
     features = torch.from_numpy(found.features)
     look = np.flatnonzero(gated(features, classifier.config.gate).numpy())
+    scores = torch.zeros((0, classifier.config.n_classes))
     if look.size:
         patches = candidate_patches(hu_crop, found, look, pixel_spacing_mm, increment_mm)
         with torch.inference_mode():
-            logits = classifier(features[look], torch.from_numpy(patches))
-        per_candidate[look + 1] = decide(logits, background_bias).numpy()
-    return per_candidate[found.ids]
+            scores = classifier(features[look], torch.from_numpy(patches))
+    return CandidateDecisions(found, look, scores)
 
 
 def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, device: torch.device) -> torch.Tensor:

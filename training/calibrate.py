@@ -45,9 +45,10 @@ def calibrate(labeller: Labeller, seeds: range, biases: tuple[float, ...]) -> di
         spacing, increment = phantom_geometry(case.datasets)
         prepared = labeller.preprocess(case.hu, spacing, increment)
         logits = labeller.logits(prepared)
+        decisions = labeller.decide_candidates(case.hu, prepared, logits) if labeller.classifier is not None else None
         for b in biases:
-            if labeller.classifier is not None:
-                labels = labeller.to_labels(case.hu, prepared, logits, classifier_bias=b)
+            if decisions is not None:
+                labels = labeller.place(case.hu, prepared, decisions.labels(b))
             else:
                 labels = grid_to_labels(case.hu, prepared.box, classify(logits, b),
                                         labeller.config.candidate_threshold_hu, labeller.config.candidate_connectivity)
