@@ -1,4 +1,4 @@
-"""Inference time of a 60-slice 512x512 series: preprocessing + network + candidate rule + scoring.
+"""Inference time of a 60-slice 512x512 series: preprocessing + network + lesion classifier + scoring.
 
 Usage::
 

@@ -83,7 +83,7 @@ def subsample_easy(rows: CandidateRows, keep: float, seed: int) -> tuple[Candida
     return picked, factor
 
 
-def fit_classifier(rows: CandidateRows, *, min_area_mm2: float = 1.0, epochs: int = 60, batch_size: int = 256,
+def fit_classifier(rows: CandidateRows, *, min_area_mm2: float = 1.0, epochs: int = 30, batch_size: int = 256,
                    easy_keep: float = 0.25,
                    learning_rate: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0,
                    config: ClassifierConfig = ClassifierConfig(), accelerator: str = "cpu", focal_gamma: float = 2.0,

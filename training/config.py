@@ -42,7 +42,7 @@ class TrainingConfig:
     # 0 phantoms: no classifier, inference uses the plain majority rule.
     classifier_phantoms: int = 0
     classifier_seed: int = 60000
-    classifier_epochs: int = 60
+    classifier_epochs: int = 30
 
     # --- network and preprocessing ---------------------------------------
     # U-Net channels per level.  Small on purpose: the net only decides which candidate
@@ -53,7 +53,7 @@ class TrainingConfig:
 
     # --- optimisation ------------------------------------------------------
     max_epochs: int = 22
-    max_minutes: float = 42.0  # the Trainer stops after this wall time whatever the epoch
+    max_minutes: float = 35.0  # the Trainer stops after this wall time whatever the epoch
     samples_per_epoch: int = 128  # random patches drawn per training epoch
     batch_size: int = 4
     patch_slices: int = 16  # patch size on the grid (slices, cells, cells): 40-48 mm x 92 mm x 92 mm

@@ -7,7 +7,8 @@ Usage::
 
 Each phantom is generated from its seed (``training.phantom.generate``),
 labelled by the model through the same path as ``cacnode score``
-(``Labeller.predict_volume``: preprocessing, network, candidate rule) and
+(``Labeller.predict_volume``: preprocessing, network, lesion classifier --
+or the candidate majority rule for a file without one) and
 compared with the phantom's truth labels (``training.metrics``).  Seeds from
 900000 on are never used by training (``[training]`` uses 10000+ and 20000+).
 ``--record`` stores the figures in the weights file's ``validation`` field

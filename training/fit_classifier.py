@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m training.fit_classifier models/cacnode-v1.pt --first-seed 60000 --n 400 --version 1.1.0
+    python -m training.fit_classifier models/cacnode-v1.pt --first-seed 60000 --n 800 --version 1.1.0
 
 The network stays as it is; the classifier (``pipeline.candidate_classifier``)
 is fitted on the candidates of phantoms ``first-seed ..`` run through the
@@ -35,7 +35,7 @@ def phantoms(first_seed: int, n: int) -> list[PhantomSource]:
 
 
 def add_classifier(weights: WeightsFile, sources: Sequence[CaseSource], cache_dir: Path, *, workers: int = 2,
-                   epochs: int = 60, version: str | None = None, accelerator: str = "cpu",
+                   epochs: int = 30, version: str | None = None, accelerator: str = "cpu",
                    config: ClassifierConfig = ClassifierConfig()) -> WeightsFile:
     """``weights`` with a classifier fitted on ``sources`` and a new UID."""
     rows = collect_rows(sources, weights, cache_dir, config.gate, workers=workers)
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("weights", type=Path)
     p.add_argument("--first-seed", type=int, default=60000)
-    p.add_argument("--n", type=int, default=400)
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--n", type=int, default=800)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--version", help="new version string (default: keep)")
     p.add_argument("--output", type=Path, help="weights file to write (default: overwrite the input)")
