@@ -134,3 +134,27 @@ def test_background_bias_trades_detections_for_background(tmp_path: Path) -> Non
     saved = _weights_file(tmp_path / "w.pt")
     save_weights(dataclasses.replace(saved, background_bias=2.0), tmp_path / "w.pt")
     assert load_weights(tmp_path / "w.pt").background_bias == 2.0
+
+
+def test_bundled_model_scores_two_unseen_phantoms_like_their_truth() -> None:
+    """A regression guard on the shipped weights: preprocessing, network, classifier and export agree.
+
+    Seeds from the held-out range (never used to train, fit or calibrate); the
+    model card reports the whole range.  One heavily calcified case, one without
+    calcium.
+    """
+    from pipeline.scoring import ScoringProfile, risk_category, score_calcium
+    from training.cases import phantom_geometry
+    from training.phantom.generate import generate_case
+
+    labeller = Labeller.load(ModelConfig(weights=Path(__file__).resolve().parents[1] / "models" / "cacnode-v1.pt"),
+                             device="cpu")
+    assert labeller.classifier is not None
+    for seed in (900006, 900012):
+        case = generate_case(seed)
+        spacing, increment = phantom_geometry(case.datasets)
+        predicted = labeller.predict_volume(case.hu, spacing, increment)
+        score = score_calcium(case.hu, predicted, spacing, increment, ScoringProfile()).total.agatston
+        truth = case.truth["total"]["agatston"]
+        assert score == pytest.approx(truth, rel=0.02, abs=0.0)
+        assert risk_category(score) == risk_category(truth)
