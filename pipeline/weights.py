@@ -161,7 +161,9 @@ def _classifier(stored: Any) -> ClassifierWeights | None:
 
 
 def _float32(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
+    """Floating tensors as float32 on the CPU; integer buffers (batch-norm counters) as they are."""
+    return {k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()).contiguous()
+            for k, v in state_dict.items()}
 
 
 def _plain(obj: Any) -> Any:

@@ -82,7 +82,6 @@ def _cached_rows(source: CaseSource, weights: WeightsFile, index: int, cache_dir
         with np.load(path) as z:
             return CandidateRows(z["features"], z["patches"], z["truth"], np.full(len(z["truth"]), index, np.int64),
                                  z["area"])
-    torch.set_num_threads(1)  # one process per core
     rows = case_rows(source, weights, index, ScoringProfile(), gate)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
@@ -98,7 +97,8 @@ def collect_rows(sources: Sequence[CaseSource], weights: WeightsFile, cache_dir:
     if workers <= 1 or len(jobs) <= 1:
         parts = [_cached_rows(*job) for job in jobs]
     else:
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        # One torch thread per worker process: the processes already fill the cores.
+        with ProcessPoolExecutor(min(workers, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
             parts = list(pool.map(_cached_rows, *zip(*jobs), chunksize=4))
     rows = CandidateRows.concatenate(parts)
     log.info("%d candidates from %d cases (%d coronary)", len(rows.truth), len(sources),
