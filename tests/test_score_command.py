@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from dicom_sr.seg import build_lesion_seg
@@ -152,7 +153,9 @@ def test_labels_that_do_not_fit_are_one_line(case, tmp_path):
 
 def test_broken_series_is_one_line(case, tmp_path):
     folder, _ = case
-    sorted(folder.iterdir())[3].unlink()
+    # An inner slice by position: file names are random, and losing an end slice opens no gap.
+    by_position = sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    by_position[len(by_position) // 2].unlink()
     result = cacnode("score", str(folder), "--labels", str(tmp_path / "x.nii.gz"), cwd=tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
