@@ -130,15 +130,14 @@ def candidate_features(
 
     volume, z_extent, inplane_extent = _object_features(ids > 0, z, r, c, which, n, pixel_spacing_mm, increment_mm)
 
+    centre = (mean_of(z.astype(np.float64)), mean_of(r.astype(np.float64)), mean_of(c.astype(np.float64)))
     # Position relative to the heart centre, as the network's position channels measure it.
-    z_mm = (mean_of(z.astype(np.float64)) - (hu_crop.shape[0] - 1) / 2.0) * increment_mm
-    row_mm = (mean_of(r.astype(np.float64)) + 0.5 - box.centre_row) * pixel_spacing_mm[0]
-    col_mm = (mean_of(c.astype(np.float64)) + 0.5 - box.centre_col) * pixel_spacing_mm[1]
+    z_mm = (centre[0] - (hu_crop.shape[0] - 1) / 2.0) * increment_mm
+    row_mm = (centre[1] + 0.5 - box.centre_row) * pixel_spacing_mm[0]
+    col_mm = (centre[2] + 0.5 - box.centre_col) * pixel_spacing_mm[1]
 
     near = _context(hu_crop, pixel_spacing_mm, _NEAR_MM, z, r, c, mean_of)
     wide = _context(hu_crop, pixel_spacing_mm, _WIDE_MM, z, r, c, mean_of)
-
-    centre = (mean_of(z.astype(np.float64)), mean_of(r.astype(np.float64)), mean_of(c.astype(np.float64)))
     picture = _picture(hu_crop, pixel_spacing_mm, increment_mm, centre)
 
     features = np.column_stack([
