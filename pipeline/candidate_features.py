@@ -262,17 +262,3 @@ def candidate_patches(hu_crop: np.ndarray, found: Candidates, which: np.ndarray,
     out[:, PATCH_SLICES] = scale(peak)
     out[:, PATCH_SLICES + 1] = mask
     return out
-
-
-def candidate_truth(ids: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """Truth class per candidate (int64, length n): the artery labelling most of its voxels, else 0.
-
-    The same strict-majority rule as ``pipeline.candidates`` applies to the truth labels.
-    """
-    inside = ids > 0
-    which = ids[inside].astype(np.int64) - 1
-    classes = np.clip(labels[inside].astype(np.int64), 0, N_CLASSES - 1)
-    counts = np.bincount(which * N_CLASSES + classes, minlength=n * N_CLASSES).reshape(n, N_CLASSES)
-    coronary = counts[:, 1:].sum(axis=1)
-    artery = np.argmax(counts[:, 1:], axis=1) + 1
-    return np.where(2 * coronary > counts.sum(axis=1), artery, 0).astype(np.int64)

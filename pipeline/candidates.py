@@ -53,19 +53,27 @@ def labels_from_predictions(
     if hu.shape != predicted.shape:
         raise ValueError(f"hu {hu.shape} and predictions {predicted.shape} differ in shape")
     candidates, n = ndimage.label(hu >= threshold_hu, structure=in_plane_structure(connectivity))
-    labels = np.zeros(hu.shape, dtype=np.uint8)
     if n == 0:
-        return labels
+        return np.zeros(hu.shape, dtype=np.uint8)
+    return majority_classes(candidates, n, predicted)[candidates]
+
+
+def majority_classes(candidates: np.ndarray, n: int, classes: np.ndarray) -> np.ndarray:
+    """Rules 2-3 per candidate: uint8 (n + 1,), entry i the class of candidate i (entry 0, outside, is 0).
+
+    ``candidates`` labels the candidates 1..n (0 elsewhere); ``classes`` is a
+    class per voxel (0 background, 1-4 arteries) of the same shape -- the
+    network's predictions, or a reference annotation for training truth.
+    """
     inside = candidates > 0
-    ids = candidates[inside]
-    classes = np.clip(predicted[inside].astype(np.int64), 0, N_CLASSES - 1)
-    # counts[i, k]: voxels of candidate i predicted as class k.
-    counts = np.bincount(ids * N_CLASSES + classes, minlength=(n + 1) * N_CLASSES).reshape(n + 1, N_CLASSES)
+    ids = candidates[inside].astype(np.int64)
+    voxel_classes = np.clip(classes[inside].astype(np.int64), 0, N_CLASSES - 1)
+    # counts[i, k]: voxels of candidate i of class k.
+    counts = np.bincount(ids * N_CLASSES + voxel_classes, minlength=(n + 1) * N_CLASSES).reshape(n + 1, N_CLASSES)
     size = counts.sum(axis=1)
     coronary = counts[:, 1:].sum(axis=1)
     keep = 2 * coronary > size  # strict majority; a tie is dropped
     artery = np.argmax(counts[:, 1:], axis=1) + 1  # argmax takes the first (lowest label) on ties
     per_candidate = np.where(keep, artery, 0).astype(np.uint8)
     per_candidate[0] = 0
-    labels[inside] = per_candidate[ids]
-    return labels
+    return per_candidate

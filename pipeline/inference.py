@@ -123,11 +123,10 @@ class Labeller:
     def decide_candidates(self, hu: np.ndarray, prepared: Prepared, logits: torch.Tensor) -> CandidateDecisions:
         """The lesion classifier's logits for every candidate of the heart crop (needs a classifier)."""
         assert self.classifier is not None, "the weights file has no lesion classifier"
-        return decide_candidates(
-            self.classifier, extract(hu, prepared.box, AIR_HU), logits, local_box(prepared.box),
-            prepared.pixel_spacing_mm, prepared.increment_mm, self.config.candidate_threshold_hu,
-            self.config.candidate_connectivity,
-        )
+        looked = look_closer(extract(hu, prepared.box, AIR_HU), logits, local_box(prepared.box),
+                             prepared.pixel_spacing_mm, prepared.increment_mm, self.config.candidate_threshold_hu,
+                             self.config.candidate_connectivity, self.classifier.config.gate)
+        return decide_candidates(self.classifier, looked)
 
     @staticmethod
     def place(hu: np.ndarray, prepared: Prepared, crop_labels: np.ndarray) -> np.ndarray:
@@ -153,8 +152,26 @@ class CandidateDecisions:
         return per_candidate[self.candidates.ids]
 
 
-def decide_candidates(
-    classifier: CandidateClassifier,
+def decide_candidates(classifier: CandidateClassifier, looked: LookedAt) -> CandidateDecisions:
+    """The classifier's logits for the candidates past the gate."""
+    scores = torch.zeros((0, classifier.config.n_classes))
+    if looked.indices.size:
+        with torch.inference_mode():
+            scores = classifier(torch.from_numpy(looked.candidates.features[looked.indices]),
+                                torch.from_numpy(looked.patches))
+    return CandidateDecisions(looked.candidates, looked.indices, scores)
+
+
+@dataclass(frozen=True)
+class LookedAt:
+    """The candidates of a heart crop, those past the gate and their image patches."""
+
+    candidates: Candidates
+    indices: np.ndarray  # 0-based indices of the candidates past the gate
+    patches: np.ndarray  # float32 (len(indices), PATCH_CHANNELS, side, side)
+
+
+def look_closer(
     hu_crop: np.ndarray,
     logits: torch.Tensor,
     box: CropBox,
@@ -162,22 +179,19 @@ def decide_candidates(
     increment_mm: float,
     threshold_hu: float,
     connectivity: int,
-) -> CandidateDecisions:
-    """Features, gate and classifier for the candidates of a heart crop.
+    gate: float,
+) -> LookedAt:
+    """What the lesion classifier sees of a heart crop: every candidate's features, the gate, the patches.
 
-    ``box`` is in the crop's own coordinates (:func:`pipeline.preprocess.local_box`).
+    One function for inference and for the classifier's training rows
+    (``training.candidate_data``), so the two cannot drift.
     """
     probabilities = torch.softmax(logits.float(), dim=0).numpy()
     found = candidate_features(hu_crop, probabilities, box, pixel_spacing_mm, increment_mm, threshold_hu,
                                connectivity)
-    features = torch.from_numpy(found.features)
-    look = np.flatnonzero(gated(features, classifier.config.gate).numpy())
-    scores = torch.zeros((0, classifier.config.n_classes))
-    if look.size:
-        patches = candidate_patches(hu_crop, found, look, pixel_spacing_mm, increment_mm)
-        with torch.inference_mode():
-            scores = classifier(features[look], torch.from_numpy(patches))
-    return CandidateDecisions(found, look, scores)
+    look = np.flatnonzero(gated(torch.from_numpy(found.features), gate).numpy())
+    patches = candidate_patches(hu_crop, found, look, pixel_spacing_mm, increment_mm)
+    return LookedAt(found, look, patches)
 
 
 def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, device: torch.device) -> torch.Tensor:

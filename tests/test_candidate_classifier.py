@@ -12,7 +12,8 @@ import torch
 from pipeline.arteries import N_CLASSES
 from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide, gated
 from pipeline.candidate_features import (FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, PATCH_MM, PATCH_SIDE,
-                                         PATCH_SLICES, candidate_features, candidate_patches, candidate_truth)
+                                         PATCH_SLICES, candidate_features, candidate_patches)
+from pipeline.candidates import majority_classes
 from pipeline.inference import Labeller, ModelConfig
 from pipeline.model import UNet3D, UNetConfig
 from pipeline.preprocess import AIR_HU, CropBox, Preprocess, PreprocessConfig, extract, local_box
@@ -109,10 +110,11 @@ def test_no_candidate_gives_no_rows() -> None:
 
 
 def test_candidate_truth_is_the_strict_majority_artery() -> None:
+    """The majority rule on truth labels gives the training truth of a candidate."""
     ids = np.array([[[1, 1, 1, 0, 2, 2, 0, 3, 3, 3]]], dtype=np.int32)
     labels = np.array([[[2, 2, 0, 0, 4, 0, 0, 1, 3, 3]]], dtype=np.uint8)
     # candidate 1: 2 of 3 LAD -> LAD; candidate 2: half RCA -> no majority; candidate 3: LCX 2, LM 1 -> LCX
-    assert candidate_truth(ids, labels, 3).tolist() == [2, 0, 3]
+    assert majority_classes(ids, 3, labels)[1:].tolist() == [2, 0, 3]
 
 
 def test_decide_with_background_bias() -> None:

@@ -4,9 +4,11 @@ A case goes through exactly the inference path of ``pipeline.inference``
 (preprocessing, the trained network, ``pipeline.candidate_features``, the
 gate of ``pipeline.candidate_classifier``); only the candidates past the gate
 become rows, as only those reach the classifier.  The truth of a candidate is
-the artery labelling most of its voxels (``candidate_truth``).  The network that produced the probabilities must not
-have been trained on these cases, or its confidence would be that of training
-data, not of new scans: the phantom seeds used here are their own range.
+the artery labelling most of its voxels (``pipeline.candidates.majority_classes``,
+the majority rule on the truth labels).  The network that produced the
+probabilities must not have been trained on these cases, or its confidence
+would be that of training data, not of new scans: the phantom seeds used here
+are their own range.
 
 Rows are cached per case and network UID under ``cache_dir`` (a few MB each),
 so refitting the classifier does not regenerate phantoms.
@@ -23,12 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.candidate_classifier import gated
-from pipeline.candidate_features import (N_FEATURES, PATCH_CHANNELS, PATCH_SIDE, candidate_features, candidate_patches,
-                                         candidate_truth)
-from pipeline.inference import run_network
+from pipeline.candidate_features import N_FEATURES, PATCH_CHANNELS, PATCH_SIDE
+from pipeline.candidates import majority_classes
+from pipeline.inference import ModelConfig, look_closer, run_network
 from pipeline.preprocess import AIR_HU, Preprocess, extract, local_box
-from pipeline.scoring import ScoringProfile
 from pipeline.weights import WeightsFile
 from training.cases import CaseSource
 
@@ -55,23 +55,20 @@ class CandidateRows:
                                ("features", "patches", "truth", "case", "area_mm2")))
 
 
-def case_rows(source: CaseSource, weights: WeightsFile, index: int, profile: ScoringProfile,
-              gate: float) -> CandidateRows:
+def case_rows(source: CaseSource, weights: WeightsFile, index: int, gate: float,
+              config: ModelConfig = ModelConfig()) -> CandidateRows:
     """The gated candidates of one case, through the inference path of ``weights``' network."""
     case = source.load()
-    preprocess = Preprocess(weights.preprocess)
-    prepared = preprocess(case.hu, case.pixel_spacing_mm, case.increment_mm)
+    prepared = Preprocess(weights.preprocess)(case.hu, case.pixel_spacing_mm, case.increment_mm)
     logits = run_network(weights.build_model(), prepared.image, weights.model.z_multiple, torch.device("cpu"))
-    hu_crop = extract(case.hu, prepared.box, AIR_HU)
-    labels_crop = extract(case.labels, prepared.box, 0)
-    found = candidate_features(hu_crop, torch.softmax(logits, dim=0).numpy(), local_box(prepared.box),
-                               case.pixel_spacing_mm, case.increment_mm, profile.threshold_hu, profile.connectivity)
-    look = np.flatnonzero(gated(torch.from_numpy(found.features), gate).numpy())
-    patches = candidate_patches(hu_crop, found, look, case.pixel_spacing_mm, case.increment_mm)
-    truth = candidate_truth(found.ids, labels_crop, found.count)[look]
+    looked = look_closer(extract(case.hu, prepared.box, AIR_HU), logits, local_box(prepared.box),
+                         case.pixel_spacing_mm, case.increment_mm, config.candidate_threshold_hu,
+                         config.candidate_connectivity, gate)
+    found, look = looked.candidates, looked.indices
+    truth = majority_classes(found.ids, found.count, extract(case.labels, prepared.box, 0))[1:][look]
     pixels = np.bincount(found.ids.ravel(), minlength=found.count + 1)[1:][look]
     area = (pixels * case.pixel_spacing_mm[0] * case.pixel_spacing_mm[1]).astype(np.float32)
-    return CandidateRows(found.features[look], patches.astype(np.float16), truth,
+    return CandidateRows(found.features[look], looked.patches.astype(np.float16), truth.astype(np.int64),
                          np.full(look.size, index, np.int64), area)
 
 
@@ -82,7 +79,7 @@ def _cached_rows(source: CaseSource, weights: WeightsFile, index: int, cache_dir
         with np.load(path) as z:
             return CandidateRows(z["features"], z["patches"], z["truth"], np.full(len(z["truth"]), index, np.int64),
                                  z["area"])
-    rows = case_rows(source, weights, index, ScoringProfile(), gate)
+    rows = case_rows(source, weights, index, gate)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, features=rows.features, patches=rows.patches, truth=rows.truth, area=rows.area_mm2)
