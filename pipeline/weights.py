@@ -80,6 +80,13 @@ class WeightsFile:
     def identity(self) -> AlgorithmIdentity:
         return AlgorithmIdentity(name=self.name, version=self.version, uid=self.uid)
 
+    @property
+    def network_uid(self) -> str:
+        """UID of the network alone: the file's own until a classifier was fitted onto it, which records it."""
+        if self.classifier is not None:
+            return str(self.classifier.training.get("network_uid", self.uid))
+        return self.uid
+
     def build_model(self) -> UNet3D:
         """The network with these weights, in eval mode."""
         model = UNet3D(self.model)

@@ -156,6 +156,16 @@ def test_classifier_round_trips_through_the_weights_file(tmp_path: Path) -> None
         load_weights(tmp_path / "bad.pt")
 
 
+def test_refitting_the_classifier_keeps_the_network_uid_that_keys_the_candidate_cache(tmp_path: Path) -> None:
+    weights = _weights_with_classifier(tmp_path)
+    assert weights.classifier is not None
+    plain = dataclasses.replace(weights, classifier=None)
+    assert plain.network_uid == plain.uid  # no classifier: the file's UID is the network's
+    fitted = dataclasses.replace(weights, uid=new_uid(), classifier=dataclasses.replace(
+        weights.classifier, training={"network_uid": plain.uid}))
+    assert fitted.network_uid == plain.uid != fitted.uid
+
+
 def test_labeller_with_classifier_labels_whole_candidates_only(tmp_path: Path) -> None:
     _weights_with_classifier(tmp_path)
     labeller = Labeller.load(ModelConfig(weights=tmp_path / "w.pt"), device="cpu")

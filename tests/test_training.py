@@ -128,14 +128,20 @@ def test_one_epoch_run_exports_the_best_checkpoint(tmp_path: Path) -> None:
 def test_training_fits_the_lesion_classifier_after_the_network(tmp_path: Path) -> None:
     """[training] classifier cases: the exported file carries a fitted classifier that inference uses."""
     from pipeline.candidate_classifier import ClassifierConfig
+    from training.calibrate import CLASSIFIER_BIASES
 
     config = tiny_config(tmp_path, batch_size=2, samples_per_epoch=4, classifier_epochs=2)
     sources = ([ChestSource(1)], [ChestSource(2)])
     small = ClassifierConfig(hidden=(8,), conv_channels=(4, 8), gate=0.0)  # an untrained network gates nothing out
     assert run_train(config, output=None, fast_dev_run=False, sources=sources,
-                     classifier_sources=[ChestSource(4), ChestSource(5)], classifier_config=small) == 0
+                     classifier_sources=[ChestSource(4), ChestSource(5)], classifier_config=small,
+                     calibration_sources=[ChestSource(2), ChestSource(3)]) == 0
     weights = load_weights(tmp_path / "model.pt")
     assert weights.classifier is not None and weights.classifier.config == small
+    # its background bias was chosen on the calibration cases and recorded with their figures
+    calibration = weights.validation["calibration_set"]
+    assert calibration["cases"] == 2.0 and weights.classifier.background_bias == calibration["background_bias"]
+    assert calibration["background_bias"] in CLASSIFIER_BIASES
     assert weights.classifier.training["cases"] == 2 and weights.classifier.training["coronary_candidates"] >= 6
     assert weights.classifier.training["network_uid"] != weights.uid  # a new model, a new UID
     assert list((tmp_path / "work" / "candidates").glob("chest-4-*.npz"))

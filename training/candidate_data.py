@@ -73,8 +73,8 @@ def case_rows(source: CaseSource, weights: WeightsFile, index: int, gate: float,
 
 
 def _cached_rows(source: CaseSource, weights: WeightsFile, index: int, cache_dir: Path, gate: float) -> CandidateRows:
-    # Stale when the network, the features or the gate change.
-    path = cache_dir / f"{source.key}-{weights.uid}-f{N_FEATURES}-p{PATCH_CHANNELS}x{PATCH_SIDE}-g{gate:g}.npz"
+    # Stale when the network, the features or the gate change (not when only the classifier was refitted).
+    path = cache_dir / f"{source.key}-{weights.network_uid}-f{N_FEATURES}-p{PATCH_CHANNELS}x{PATCH_SIDE}-g{gate:g}.npz"
     if path.is_file():
         with np.load(path) as z:
             return CandidateRows(z["features"], z["patches"], z["truth"], np.full(len(z["truth"]), index, np.int64),

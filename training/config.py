@@ -43,6 +43,9 @@ class TrainingConfig:
     classifier_phantoms: int = 0
     classifier_seed: int = 60000
     classifier_epochs: int = 30
+    # The classifier's background bias is then chosen on validation phantoms
+    # [val_seed, val_seed + calibration_phantoms) plus the site's validation series (training.calibrate).
+    calibration_phantoms: int = 40
 
     # --- network and preprocessing ---------------------------------------
     # U-Net channels per level.  Small on purpose: the net only decides which candidate
@@ -83,8 +86,9 @@ class TrainingConfig:
             raise ValueError("training.shifted_fraction must be within 0-1")
         if self.accelerator == "cpu" and self.precision != "32":
             raise ValueError("training.precision: mixed precision needs a GPU; use \"32\" on CPU")
-        if self.classifier_phantoms < 0 or self.classifier_epochs < 1:
-            raise ValueError("training.classifier_phantoms must be >= 0 and classifier_epochs >= 1")
+        if self.classifier_phantoms < 0 or self.classifier_epochs < 1 or self.calibration_phantoms < 0:
+            raise ValueError("training.classifier_phantoms and calibration_phantoms must be >= 0, "
+                             "classifier_epochs >= 1")
         if self.prepare_workers < 1:
             raise ValueError("training.prepare_workers must be >= 1")
         if self.batch_size < 1 or self.samples_per_epoch < 1 or self.max_epochs < 1:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m training.fit_classifier models/cacnode-v1.pt --first-seed 60000 --n 800 --version 1.1.0
+    python -m training.fit_classifier models/cacnode-v1.pt --first-seed 60000 --n 1600 --version 1.2.0
 
 The network stays as it is; the classifier (``pipeline.candidate_classifier``)
 is fitted on the candidates of phantoms ``first-seed ..`` run through the
@@ -41,7 +41,7 @@ def add_classifier(weights: WeightsFile, sources: Sequence[CaseSource], cache_di
     rows = collect_rows(sources, weights, cache_dir, config.gate, workers=workers)
     classifier = fit_classifier(rows, epochs=epochs, accelerator=accelerator, config=config, describe={
         "sources": _describe(sources),
-        "network_uid": weights.uid,
+        "network_uid": weights.network_uid,
         "gate": config.gate,
     })
     return dataclasses.replace(

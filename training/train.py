@@ -2,7 +2,9 @@
 
 Every Trainer setting comes from ``[training]`` (``training.config``); there is
 no pass-through of Trainer flags.  The best checkpoint (by the validation
-selection figure) is exported with a fresh algorithm UID.
+selection figure) is exported with a fresh algorithm UID; with a lesion
+classifier, that is fitted next and its background bias calibrated on
+validation cases (``training.calibrate``), so the file is ready to use.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from pipeline.candidate_classifier import ClassifierConfig
+from pipeline.inference import Labeller, ModelConfig
 from pipeline.model import UNetConfig
 from pipeline.preprocess import PreprocessConfig, Preprocess
 from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
+from training.calibrate import calibrate, with_best_bias
 from training.cases import CaseSource, HospitalSource
 from training.config import TrainingConfig
 from training.datamodule import CalciumDataModule
@@ -72,7 +76,8 @@ def build_trainer(config: TrainingConfig, work_dir: Path, fast_dev_run: bool,
 def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *,
               sources: tuple[Sequence[CaseSource], Sequence[CaseSource]] | None = None,
               classifier_sources: Sequence[CaseSource] | None = None,
-              classifier_config: ClassifierConfig = ClassifierConfig()) -> int:
+              classifier_config: ClassifierConfig = ClassifierConfig(),
+              calibration_sources: Sequence[CaseSource] | None = None) -> int:
     """Train, validate and export; returns the process exit code.
 
     Parameters
@@ -87,6 +92,8 @@ def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *
         Training and validation cases replacing the phantoms of ``config`` (tests, custom sets).
     classifier_sources, classifier_config
         Cases replacing the classifier phantoms of ``config``, and the classifier's architecture.
+    calibration_sources
+        Cases replacing the calibration phantoms of ``config`` (the classifier's background bias).
     """
     started = time.monotonic()
     output = Path(output if output is not None else config.output)
@@ -166,6 +173,15 @@ def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *
                                  accelerator="gpu" if config.accelerator == "gpu" else "cpu",
                                  config=classifier_config)
         weights = dataclasses.replace(weights, validation={"phantom_validation_set_network": figures})
+        if calibration_sources is None:
+            site_val = [s for s in data.val_sources if isinstance(s, HospitalSource)]
+            calibration_sources = [*phantoms(config.val_seed, config.calibration_phantoms), *site_val]
+        if calibration_sources:
+            # Untouched, the classifier's bias is 0: the balanced loss leaves it eager to call calcium.
+            labeller = Labeller(weights, ModelConfig(), torch.device("cpu"))
+            weights = with_best_bias(weights, calibrate(labeller, calibration_sources), "calibration_set")
+            log.info("lesion classifier background bias %.1f (calibrated on %d cases)",
+                     weights.validation["calibration_set"]["background_bias"], len(calibration_sources))
     save_weights(weights, output)
     log.info("wrote %s (uid %s): %s", output, weights.uid, ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
     return 0
