@@ -123,8 +123,7 @@ class Labeller:
     def decide_candidates(self, hu: np.ndarray, prepared: Prepared, logits: torch.Tensor) -> CandidateDecisions:
         """The lesion classifier's logits for every candidate of the heart crop (needs a classifier)."""
         assert self.classifier is not None, "the weights file has no lesion classifier"
-        looked = look_closer(extract(hu, prepared.box, AIR_HU), logits, local_box(prepared.box),
-                             prepared.pixel_spacing_mm, prepared.increment_mm, self.config.candidate_threshold_hu,
+        looked = look_closer(hu, prepared, logits, self.config.candidate_threshold_hu,
                              self.config.candidate_connectivity, self.classifier.config.gate)
         return decide_candidates(self.classifier, looked)
 
@@ -171,26 +170,21 @@ class LookedAt:
     patches: np.ndarray  # float32 (len(indices), PATCH_CHANNELS, side, side)
 
 
-def look_closer(
-    hu_crop: np.ndarray,
-    logits: torch.Tensor,
-    box: CropBox,
-    pixel_spacing_mm: tuple[float, float],
-    increment_mm: float,
-    threshold_hu: float,
-    connectivity: int,
-    gate: float,
-) -> LookedAt:
-    """What the lesion classifier sees of a heart crop: every candidate's features, the gate, the patches.
+def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, threshold_hu: float, connectivity: int,
+                gate: float) -> LookedAt:
+    """What the lesion classifier sees of a volume's heart crop: every candidate's features, the gate, the patches.
 
-    One function for inference and for the classifier's training rows
+    ``hu`` is the whole volume that ``prepared`` and ``logits`` came from.  One
+    function for inference and for the classifier's training rows
     (``training.candidate_data``), so the two cannot drift.
     """
+    hu_crop = extract(hu, prepared.box, AIR_HU)
+    spacing, increment = prepared.pixel_spacing_mm, prepared.increment_mm
     probabilities = torch.softmax(logits.float(), dim=0).numpy()
-    found = candidate_features(hu_crop, probabilities, box, pixel_spacing_mm, increment_mm, threshold_hu,
+    found = candidate_features(hu_crop, probabilities, local_box(prepared.box), spacing, increment, threshold_hu,
                                connectivity)
     look = np.flatnonzero(gated(torch.from_numpy(found.features), gate).numpy())
-    patches = candidate_patches(hu_crop, found, look, pixel_spacing_mm, increment_mm)
+    patches = candidate_patches(hu_crop, found, look, spacing, increment)
     return LookedAt(found, look, patches)
 
 

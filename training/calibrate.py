@@ -30,7 +30,7 @@ from pathlib import Path
 from pipeline.inference import Labeller, ModelConfig, classify, grid_to_labels
 from pipeline.scoring import ScoringProfile
 from pipeline.weights import WeightsFile, load_weights, save_weights
-from training.cases import CaseSource, PhantomSource
+from training.cases import CaseSource, phantoms
 from training.metrics import CaseOutcome, case_outcome, summarise
 from training.module import selection
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a case every ~13 s
     labeller = Labeller.load(ModelConfig(weights=args.weights), device="cpu")
-    table = calibrate(labeller, [PhantomSource(s) for s in range(args.first_seed, args.first_seed + args.n)])
+    table = calibrate(labeller, phantoms(args.first_seed, args.n))
     for b, f in table.items():
         print(f"bias {b:4.1f}: selection {selection(f):6.3f}  icc {f['icc']:.4f} kappa {f['kappa']:.3f} "
               f"zero->0 {f['zero_to_zero']:.2f} right {f['right_artery']:.3f} sens {f['lesion_sensitivity']:.3f} "

@@ -28,7 +28,7 @@ import torch
 from pipeline.candidate_features import N_FEATURES, PATCH_CHANNELS, PATCH_SIDE
 from pipeline.candidates import majority_classes
 from pipeline.inference import ModelConfig, look_closer, run_network
-from pipeline.preprocess import AIR_HU, Preprocess, extract, local_box
+from pipeline.preprocess import Preprocess, extract
 from pipeline.weights import WeightsFile
 from training.cases import CaseSource
 
@@ -61,9 +61,8 @@ def case_rows(source: CaseSource, weights: WeightsFile, index: int, gate: float,
     case = source.load()
     prepared = Preprocess(weights.preprocess)(case.hu, case.pixel_spacing_mm, case.increment_mm)
     logits = run_network(weights.build_model(), prepared.image, weights.model.z_multiple, torch.device("cpu"))
-    looked = look_closer(extract(case.hu, prepared.box, AIR_HU), logits, local_box(prepared.box),
-                         case.pixel_spacing_mm, case.increment_mm, config.candidate_threshold_hu,
-                         config.candidate_connectivity, gate)
+    looked = look_closer(case.hu, prepared, logits, config.candidate_threshold_hu, config.candidate_connectivity,
+                         gate)
     found, look = looked.candidates, looked.indices
     truth = majority_classes(found.ids, found.count, extract(case.labels, prepared.box, 0))[1:][look]
     pixels = np.bincount(found.ids.ravel(), minlength=found.count + 1)[1:][look]

@@ -62,6 +62,11 @@ class PhantomSource:
         return TrainingCase(self.key, case.hu, case.labels, spacing, increment)
 
 
+def phantoms(first_seed: int, n: int) -> list[PhantomSource]:
+    """The phantoms of seeds ``first_seed .. first_seed + n - 1``."""
+    return [PhantomSource(seed) for seed in range(first_seed, first_seed + n)]
+
+
 def phantom_geometry(datasets: Sequence[Dataset]) -> tuple[tuple[float, float], float]:
     """Pixel spacing and slice increment of a written phantom, from its headers (PS3.3 C.7.6.2).
 

@@ -25,13 +25,9 @@ from pipeline.candidate_classifier import ClassifierConfig
 from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
 from training.candidate_data import collect_rows
 from training.candidate_module import fit_classifier
-from training.cases import CaseSource, PhantomSource
+from training.cases import CaseSource, PhantomSource, phantoms
 
 log = logging.getLogger(__name__)
-
-
-def phantoms(first_seed: int, n: int) -> list[PhantomSource]:
-    return [PhantomSource(seed) for seed in range(first_seed, first_seed + n)]
 
 
 def add_classifier(weights: WeightsFile, sources: Sequence[CaseSource], cache_dir: Path, *, workers: int = 2,

@@ -27,10 +27,10 @@ from pipeline.model import UNetConfig
 from pipeline.preprocess import PreprocessConfig, Preprocess
 from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
 from training.calibrate import calibrate, with_best_bias
-from training.cases import CaseSource, HospitalSource
+from training.cases import CaseSource, HospitalSource, phantoms
 from training.config import TrainingConfig
 from training.datamodule import CalciumDataModule
-from training.fit_classifier import add_classifier, phantoms
+from training.fit_classifier import add_classifier
 from training.module import CalciumSegmenter
 
 log = logging.getLogger(__name__)
