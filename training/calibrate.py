@@ -31,7 +31,7 @@ from pipeline.inference import Labeller, ModelConfig, classify, grid_to_labels
 from pipeline.scoring import ScoringProfile
 from pipeline.weights import WeightsFile, load_weights, save_weights
 from training.cases import CaseSource, phantoms
-from training.metrics import CaseOutcome, case_outcome, summarise
+from training.metrics import CaseOutcome, compare, score_truth, summarise
 from training.module import selection
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,14 @@ def calibrate(labeller: Labeller, sources: Sequence[CaseSource],
         prepared = labeller.preprocess(case.hu, spacing, increment)
         logits = labeller.logits(prepared)
         decisions = labeller.decide_candidates(case.hu, prepared, logits) if labeller.classifier is not None else None
+        truth = score_truth(case.hu, case.labels, spacing, increment, profile)
         for b in biases:
             if decisions is not None:
                 labels = labeller.place(case.hu, prepared, decisions.labels(b))
             else:
                 labels = grid_to_labels(case.hu, prepared.box, classify(logits, b),
                                         labeller.config.candidate_threshold_hu, labeller.config.candidate_connectivity)
-            outcomes[b].append(case_outcome(case.hu, case.labels, labels, spacing, increment, profile))
+            outcomes[b].append(compare(truth, case.hu, labels, spacing, increment, profile))
         log.info("calibration case %s done", source.key)
     return {b: summarise(o) for b, o in outcomes.items()}
 

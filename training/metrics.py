@@ -1,6 +1,7 @@
 """Validation figures on *scored* results, not only voxel overlap (pure numpy/scipy).
 
-Per case, :func:`case_outcome` compares a predicted label map with the truth;
+Per case, :func:`case_outcome` compares a predicted label map with the truth
+(:func:`score_truth` once, then :func:`compare` per prediction);
 :func:`summarise` turns a list of outcomes into the figures the model card
 reports:
 
@@ -64,6 +65,53 @@ def voxel_agatston(hu: np.ndarray, labels: np.ndarray, pixel_spacing_mm: tuple[f
     return out
 
 
+@dataclass(frozen=True)
+class ScoredTruth:
+    """The truth side of :func:`case_outcome`, computed once per case (calibration compares many predictions)."""
+
+    labels: np.ndarray
+    density: np.ndarray  # each counted voxel's share of the Agatston score (increment-normalised)
+    lesions: np.ndarray  # 3-D (26-connected) truth lesions, labelled 1..n
+    n_lesions: int
+
+
+def score_truth(hu: np.ndarray, true_labels: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float,
+                profile: ScoringProfile) -> ScoredTruth:
+    factor = increment_mm / profile.reference_increment_mm if profile.normalise_increment else 1.0
+    density = voxel_agatston(hu, true_labels, pixel_spacing_mm, profile) * factor
+    lesions, n = ndimage.label(density > 0, structure=_CUBE)
+    return ScoredTruth(true_labels, density, lesions, int(n))
+
+
+def compare(
+    truth: ScoredTruth,
+    hu: np.ndarray,
+    pred_labels: np.ndarray,
+    pixel_spacing_mm: tuple[float, float],
+    increment_mm: float,
+    profile: ScoringProfile,
+    true_total: float | None = None,
+) -> CaseOutcome:
+    """Compare one prediction with the scored truth (``true_total`` overrides the truth total, e.g. whole-volume)."""
+    factor = increment_mm / profile.reference_increment_mm if profile.normalise_increment else 1.0
+    pred_density = voxel_agatston(hu, pred_labels, pixel_spacing_mm, profile) * factor
+    true_counted, pred_counted = truth.density > 0, pred_density > 0
+    detected = true_counted & pred_counted
+    right = detected & (truth.labels == pred_labels)
+    found = np.unique(truth.lesions[detected])
+    pred_lesions, n_pred = ndimage.label(pred_counted, structure=_CUBE)
+    touching = np.unique(pred_lesions[pred_counted & (truth.labels > 0)])
+    return CaseOutcome(
+        true_total=float(truth.density.sum()) if true_total is None else float(true_total),
+        pred_total=float(pred_density.sum()),
+        right_artery=float(truth.density[right].sum()),
+        detected=float(truth.density[detected].sum()),
+        lesions=truth.n_lesions,
+        lesions_found=int(np.count_nonzero(found)),
+        false_positives=int(n_pred - np.count_nonzero(touching)),
+    )
+
+
 def case_outcome(
     hu: np.ndarray,
     true_labels: np.ndarray,
@@ -74,25 +122,8 @@ def case_outcome(
     true_total: float | None = None,
 ) -> CaseOutcome:
     """Compare one prediction with the truth (``true_total`` overrides the truth total, e.g. whole-volume)."""
-    factor = increment_mm / profile.reference_increment_mm if profile.normalise_increment else 1.0
-    true_density = voxel_agatston(hu, true_labels, pixel_spacing_mm, profile) * factor
-    pred_density = voxel_agatston(hu, pred_labels, pixel_spacing_mm, profile) * factor
-    true_counted, pred_counted = true_density > 0, pred_density > 0
-    detected = true_counted & pred_counted
-    right = detected & (true_labels == pred_labels)
-    truth_lesions, n_true = ndimage.label(true_counted, structure=_CUBE)
-    found = np.unique(truth_lesions[detected])
-    pred_lesions, n_pred = ndimage.label(pred_counted, structure=_CUBE)
-    touching = np.unique(pred_lesions[pred_counted & (true_labels > 0)])
-    return CaseOutcome(
-        true_total=float(true_density.sum()) if true_total is None else float(true_total),
-        pred_total=float(pred_density.sum()),
-        right_artery=float(true_density[right].sum()),
-        detected=float(true_density[detected].sum()),
-        lesions=int(n_true),
-        lesions_found=int(np.count_nonzero(found)),
-        false_positives=int(n_pred - np.count_nonzero(touching)),
-    )
+    truth = score_truth(hu, true_labels, pixel_spacing_mm, increment_mm, profile)
+    return compare(truth, hu, pred_labels, pixel_spacing_mm, increment_mm, profile, true_total)
 
 
 def icc_absolute(a: np.ndarray, b: np.ndarray) -> float:
