@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=20000)
     p.add_argument("--n", type=int, default=60)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a case every ~13 s
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a case every ~8 s
     labeller = Labeller.load(ModelConfig(weights=args.weights), device="cpu")
     table = calibrate(labeller, phantoms(args.first_seed, args.n))
     for b, f in table.items():
