@@ -12,7 +12,9 @@ gets a closer look at native resolution.  Two branches are joined:
 - a small 2-D CNN over the candidate's image patch (``candidate_patches``:
   neighbouring slices as channels plus the candidate's mask), which sees what
   a reader sees -- whether the calcium sits on the wall of the aorta or of a
-  coronary artery in epicardial fat.
+  coronary artery in epicardial fat;
+- a smaller CNN over a coarse, wider view (``wide_patches``, 60 mm), which
+  shows the whole aortic root beside a calcification near the ostia.
 
 Candidates whose highest network coronary probability is below ``gate`` are
 background without a closer look: that keeps the CPU cost per series small
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 from pipeline.arteries import N_CLASSES
-from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS
+from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, WIDE_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,15 @@ class ClassifierConfig:
     hidden: tuple[int, ...] = (64, 64)  # MLP branch
     conv_channels: tuple[int, ...] = (16, 32, 64)  # CNN branch, one 2x pooling after each but the last
     patch_channels: int = PATCH_CHANNELS
+    wide_channels: int = WIDE_CHANNELS  # 0: no wide branch (weights files before 1.3.0)
+    wide_conv_channels: tuple[int, ...] = (16, 32)
     dropout: float = 0.1
     gate: float = 0.1  # candidates with a network coronary probability below this are background
 
 
 class CandidateClassifier(nn.Module):
-    """(features (n, n_features), patches (n, patch_channels, side, side)) -> logits (n, n_classes)."""
+    """(features (n, n_features), patches (n, patch_channels, side, side), wide (n, wide_channels, wide side,
+    wide side)) -> logits (n, n_classes)."""
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
@@ -59,25 +64,38 @@ class CandidateClassifier(nn.Module):
             layers += [nn.Linear(width, h), nn.LeakyReLU(0.01), nn.Dropout(config.dropout)]
             width = h
         self.mlp = nn.Sequential(*layers)
-        conv: list[nn.Module] = []
-        c_in = config.patch_channels
-        for i, c in enumerate(config.conv_channels):
-            conv += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.01)]
-            if i < len(config.conv_channels) - 1:
-                conv.append(nn.MaxPool2d(2))
-            c_in = c
-        conv += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.cnn = nn.Sequential(*conv)
-        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(width + c_in, config.n_classes))
+        self.cnn = _conv_branch(config.patch_channels, config.conv_channels)
+        width += config.conv_channels[-1]
+        self.wide = None
+        if config.wide_channels:
+            self.wide = _conv_branch(config.wide_channels, config.wide_conv_channels)
+            width += config.wide_conv_channels[-1]
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(width, config.n_classes))
 
     def set_standardisation(self, features: torch.Tensor) -> None:
         """Centre and scale the inputs by these training rows' statistics."""
         self.feature_mean.copy_(features.mean(dim=0))
         self.feature_std.copy_(features.std(dim=0).clamp(min=1e-3))
 
-    def forward(self, features: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        rows = self.mlp((features - self.feature_mean) / self.feature_std)
-        return self.head(torch.cat([rows, self.cnn(patches)], dim=1))
+    def forward(self, features: torch.Tensor, patches: torch.Tensor, wide: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [self.mlp((features - self.feature_mean) / self.feature_std), self.cnn(patches)]
+        if self.wide is not None:
+            if wide is None:
+                raise ValueError("this classifier needs the wide view of each candidate")
+            parts.append(self.wide(wide))
+        return self.head(torch.cat(parts, dim=1))
+
+
+def _conv_branch(channels_in: int, channels: tuple[int, ...]) -> nn.Sequential:
+    """Conv-BN-LeakyReLU blocks, a 2x pooling after each but the last, then global average pooling."""
+    layers: list[nn.Module] = []
+    c_in = channels_in
+    for i, c in enumerate(channels):
+        layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.01)]
+        if i < len(channels) - 1:
+            layers.append(nn.MaxPool2d(2))
+        c_in = c
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def decide(logits: torch.Tensor, background_bias: float) -> torch.Tensor:

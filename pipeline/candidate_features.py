@@ -66,6 +66,10 @@ PATCH_SIDE = 32  # pixels per side
 PATCH_MM = 40.0  # in-plane field of view (1.25 mm per patch pixel)
 PATCH_WINDOW_HU = (-300.0, 700.0)
 PATCH_CHANNELS = PATCH_SLICES + 2  # + the peak HU of the candidate's slice + the candidate's mask
+# The wide view (``wide_patches``): coarse, three slices, the whole aortic root in sight.
+WIDE_SIDE = 24
+WIDE_MM = 60.0  # 2.5 mm per pixel
+WIDE_CHANNELS = 3
 
 
 @dataclass(frozen=True)
@@ -227,21 +231,62 @@ def candidate_patches(hu_crop: np.ndarray, found: Candidates, which: np.ndarray,
     pixel (1.25 mm) pools the voxels it covers -- mean, peak, any -- so a
     calcification of one 0.5 mm voxel is not skipped.  Outside the crop is air.
     """
+    half = PATCH_SLICES // 2
+    label = (which + 1)[:, None, None]
+    means, peak, mask = _pooled_views(hu_crop, found.centres[which], tuple(range(-half, half + 1)), PATCH_SIDE,
+                                      PATCH_MM, pixel_spacing_mm, centre_ids=(found.ids, label))
+    out = np.empty((len(which), PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE), dtype=np.float32)
+    out[:, :PATCH_SLICES] = _patch_scale(means)
+    out[:, PATCH_SLICES] = _patch_scale(peak)
+    out[:, PATCH_SLICES + 1] = mask
+    return out
+
+
+def wide_patches(hu_crop: np.ndarray, found: Candidates, which: np.ndarray, pixel_spacing_mm: tuple[float, float],
+                 increment_mm: float) -> np.ndarray:
+    """A coarse, wide view round the candidates ``which``: float32 (len(which), WIDE_CHANNELS, side, side).
+
+    ``WIDE_MM`` across at ``WIDE_MM / WIDE_SIDE`` per pixel, on the candidate's
+    slice and ``_NEIGHBOUR_MM`` above and below: wide enough to show the whole
+    aortic root beside a calcification near the coronary ostia, which the fine
+    patch shows only in part (an aortic-root calcification called left main was
+    the commonest false positive of the 40 mm patch alone).
+    """
+    dz = int(round(_NEIGHBOUR_MM / increment_mm)) or 1
+    means, _, _ = _pooled_views(hu_crop, found.centres[which], (-dz, 0, dz), WIDE_SIDE, WIDE_MM, pixel_spacing_mm)
+    return _patch_scale(means).astype(np.float32)
+
+
+def _patch_scale(hu: np.ndarray) -> np.ndarray:
+    lo, hi = PATCH_WINDOW_HU
+    return (np.clip(hu, lo, hi) - 40.0) / 300.0
+
+
+def _pooled_views(hu_crop: np.ndarray, centres: np.ndarray, slice_offsets: tuple[int, ...], side: int, fov_mm: float,
+                  pixel_spacing_mm: tuple[float, float],
+                  centre_ids: tuple[np.ndarray, np.ndarray] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Square views of ``fov_mm`` and ``side`` pixels centred on ``centres`` (n, 3 voxel indices).
+
+    Each view pixel pools the voxels it covers, so a one-voxel calcification is
+    not skipped.  Returns, in HU: the mean per slice offset (n, len(offsets),
+    side, side); the peak of the middle offset (offset 0); and, when
+    ``centre_ids`` = (candidate ids, label per view) is given, whether any
+    pooled voxel of offset 0 belongs to the view's own candidate.  Outside the
+    crop is air.
+    """
     n_slices, n_rows, n_cols = hu_crop.shape
-    side = PATCH_SIDE
-    pixel_mm = PATCH_MM / side
-    sub = [max(1, int(np.ceil(pixel_mm / s))) for s in pixel_spacing_mm]  # samples per patch pixel and axis
-    centres = found.centres[which]
+    n = len(centres)
+    pixel_mm = fov_mm / side
+    sub = [max(1, int(np.ceil(pixel_mm / s))) for s in pixel_spacing_mm]  # samples per view pixel and axis
     zc = np.round(centres[:, 0]).astype(np.int64)
     step = (np.arange(side) - (side - 1) / 2.0) * pixel_mm
-    lo, hi = PATCH_WINDOW_HU
-    scale = lambda hu: (np.clip(hu, lo, hi) - 40.0) / 300.0
-    sums = np.zeros((len(which), PATCH_SLICES, side, side), dtype=np.float32)
-    peak = np.full((len(which), side, side), -np.inf, dtype=np.float32)
-    mask = np.zeros((len(which), side, side), dtype=bool)
-    half = PATCH_SLICES // 2
-    slices = [np.clip(zc + dz, 0, n_slices - 1)[:, None, None] for dz in range(-half, half + 1)]
-    label = (which + 1)[:, None, None]
+    air = PATCH_WINDOW_HU[0]
+    sums = np.zeros((n, len(slice_offsets), side, side), dtype=np.float32)
+    peak = np.full((n, side, side), -np.inf, dtype=np.float32)
+    mask = np.zeros((n, side, side), dtype=bool)
+    slices = [np.clip(zc + dz, 0, n_slices - 1)[:, None, None] for dz in slice_offsets]
+    middle = slice_offsets.index(0)
     for i in range(sub[0]):
         r_mm = step + ((i + 0.5) / sub[0] - 0.5) * pixel_mm
         rows = np.round(centres[:, 1, None] + r_mm[None] / pixel_spacing_mm[0]).astype(np.int64)
@@ -252,13 +297,11 @@ def candidate_patches(hu_crop: np.ndarray, found: Candidates, which: np.ndarray,
             ri = np.clip(rows, 0, n_rows - 1)[:, :, None]
             ci = np.clip(cols, 0, n_cols - 1)[:, None, :]
             for k, z in enumerate(slices):
-                hu = np.where(inside, hu_crop[z, ri, ci], lo)
+                hu = np.where(inside, hu_crop[z, ri, ci], air)
                 sums[:, k] += hu
-                if k == half:
+                if k == middle:
                     peak = np.maximum(peak, hu)
-            mask |= inside & (found.ids[slices[half], ri, ci] == label)
-    out = np.empty((len(which), PATCH_CHANNELS, side, side), dtype=np.float32)
-    out[:, :PATCH_SLICES] = scale(sums / (sub[0] * sub[1]))
-    out[:, PATCH_SLICES] = scale(peak)
-    out[:, PATCH_SLICES + 1] = mask
-    return out
+            if centre_ids is not None:
+                ids, label = centre_ids
+                mask |= inside & (ids[slices[middle], ri, ci] == label)
+    return sums / (sub[0] * sub[1]), peak, mask

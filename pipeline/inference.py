@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.candidate_classifier import CandidateClassifier, decide, gated
-from pipeline.candidate_features import Candidates, candidate_features, candidate_patches
+from pipeline.candidate_features import Candidates, candidate_features, candidate_patches, wide_patches
 from pipeline.candidates import labels_from_predictions
 from pipeline.errors import ModelError
 from pipeline.identity import AlgorithmIdentity
@@ -157,7 +157,7 @@ def decide_candidates(classifier: CandidateClassifier, looked: LookedAt) -> Cand
     if looked.indices.size:
         with torch.inference_mode():
             scores = classifier(torch.from_numpy(looked.candidates.features[looked.indices]),
-                                torch.from_numpy(looked.patches))
+                                torch.from_numpy(looked.patches), torch.from_numpy(looked.wide))
     return CandidateDecisions(looked.candidates, looked.indices, scores)
 
 
@@ -168,6 +168,7 @@ class LookedAt:
     candidates: Candidates
     indices: np.ndarray  # 0-based indices of the candidates past the gate
     patches: np.ndarray  # float32 (len(indices), PATCH_CHANNELS, side, side)
+    wide: np.ndarray  # float32 (len(indices), WIDE_CHANNELS, wide side, wide side)
 
 
 def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, threshold_hu: float, connectivity: int,
@@ -185,7 +186,7 @@ def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, thresh
                                connectivity)
     look = np.flatnonzero(gated(torch.from_numpy(found.features), gate).numpy())
     patches = candidate_patches(hu_crop, found, look, spacing, increment)
-    return LookedAt(found, look, patches)
+    return LookedAt(found, look, patches, wide_patches(hu_crop, found, look, spacing, increment))
 
 
 def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, device: torch.device) -> torch.Tensor:

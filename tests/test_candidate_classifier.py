@@ -12,7 +12,8 @@ import torch
 from pipeline.arteries import N_CLASSES
 from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide, gated
 from pipeline.candidate_features import (FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, PATCH_MM, PATCH_SIDE,
-                                         PATCH_SLICES, candidate_features, candidate_patches)
+                                         PATCH_SLICES, WIDE_CHANNELS, WIDE_MM, WIDE_SIDE, candidate_features,
+                                         candidate_patches, wide_patches)
 from pipeline.candidates import majority_classes
 from pipeline.inference import Labeller, ModelConfig
 from pipeline.model import UNet3D, UNetConfig
@@ -102,6 +103,32 @@ def test_patches_show_the_candidate_and_its_surroundings_at_a_fixed_field_of_vie
     assert PATCH_MM / PATCH_SIDE == 1.25
 
 
+def test_wide_view_shows_what_lies_beyond_the_fine_patch() -> None:
+    """A round 'aortic root' 26 mm from the candidate: out of the 40 mm patch, inside the 60 mm wide view."""
+    hu = np.full((9, 160, 160), FAT, dtype=np.float32)
+    rr, cc = np.mgrid[:160, :160]
+    root = (rr - 80) ** 2 + (cc - 132) ** 2 < 10**2  # 5 mm radius at 0.5 mm, centre 26 mm right of the candidate
+    hu[2:7, root] = TISSUE
+    hu[4, 79:81, 79:81] = 500.0  # the candidate, one slice
+    box = CropBox(0, 9, 0, 0, 160, 160, 80.0, 80.0, True)
+    found = candidate_features(hu, _uniform_probabilities(hu.shape, 16), box, (0.5, 0.5), 3.0, 130.0, 8)
+    assert found.count == 1
+    fine = candidate_patches(hu, found, np.array([0]), (0.5, 0.5), 3.0)
+    wide = wide_patches(hu, found, np.array([0]), (0.5, 0.5), 3.0)
+    assert wide.shape == (1, WIDE_CHANNELS, WIDE_SIDE, WIDE_SIDE) and wide.dtype == np.float32
+    fat, tissue = (FAT - 40.0) / 300.0, (TISSUE - 40.0) / 300.0
+    assert fine[0, PATCH_SLICES // 2].max() < tissue  # the fine patch never reaches the root
+    pixel_mm = WIDE_MM / WIDE_SIDE
+    root_col = int(round(WIDE_SIDE / 2 - 0.5 + 26.0 / pixel_mm))
+    middle = WIDE_SIDE // 2
+    # the root's centre on the candidate's slice and 6 mm (2 slices) above and below
+    assert wide[0, :, middle, root_col] == pytest.approx([tissue] * 3, abs=1e-6)
+    assert wide[0, 1, middle, 2] == pytest.approx(fat)  # fat left of the candidate
+    # the calcium shows (diluted) on its own slice only
+    assert wide[0, 0, middle, middle] == pytest.approx(fat)
+    assert wide[0, 1, middle - 1 : middle + 1, middle - 1 : middle + 1].max() > fat
+
+
 def test_no_candidate_gives_no_rows() -> None:
     hu = np.full((4, 16, 16), FAT, dtype=np.float32)
     found = candidate_features(hu, _uniform_probabilities(hu.shape, 8), CropBox(0, 4, 0, 0, 16, 16, 8, 8, True),
@@ -127,7 +154,7 @@ def test_decide_with_background_bias() -> None:
 def _weights_with_classifier(tmp_path: Path) -> WeightsFile:
     torch.manual_seed(0)
     small = UNetConfig(channels=(4, 8, 8))
-    config = ClassifierConfig(hidden=(8,), conv_channels=(4, 8), gate=0.0)
+    config = ClassifierConfig(hidden=(8,), conv_channels=(4, 8), wide_conv_channels=(4,), gate=0.0)
     classifier = CandidateClassifier(config)
     classifier.set_standardisation(torch.randn(50, N_FEATURES) * 3 + 1)
     weights = WeightsFile(
@@ -147,13 +174,34 @@ def test_classifier_round_trips_through_the_weights_file(tmp_path: Path) -> None
     assert loaded.classifier.background_bias == 1.5 and loaded.classifier.config.hidden == (8,)
     x = torch.randn(7, N_FEATURES)
     patches = torch.randn(7, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE)
+    wide = torch.randn(7, WIDE_CHANNELS, WIDE_SIDE, WIDE_SIDE)
     with torch.inference_mode():
-        torch.testing.assert_close(loaded.classifier.build()(x, patches), saved.classifier.build()(x, patches))
+        torch.testing.assert_close(loaded.classifier.build()(x, patches, wide),
+                                   saved.classifier.build()(x, patches, wide))
+        with pytest.raises(ValueError, match="wide view"):
+            loaded.classifier.build()(x, patches)
     # a classifier whose shapes contradict its config is refused like a bad network
     broken = dataclasses.replace(saved.classifier, config=ClassifierConfig(hidden=(16,), conv_channels=(4, 8)))
     save_weights(dataclasses.replace(saved, classifier=broken), tmp_path / "bad.pt")
     with pytest.raises(Exception, match="inconsistent"):
         load_weights(tmp_path / "bad.pt")
+
+
+def test_a_classifier_stored_before_the_wide_view_still_loads(tmp_path: Path) -> None:
+    """Files before 1.3.0 store no ``wide_channels``: they mean a classifier without the wide branch."""
+    saved = _weights_with_classifier(tmp_path)
+    assert saved.classifier is not None
+    config = dataclasses.replace(saved.classifier.config, wide_channels=0)
+    old = CandidateClassifier(config).state_dict()
+    payload = torch.load(tmp_path / "w.pt", weights_only=False)
+    payload["classifier"]["config"].pop("wide_channels")
+    payload["classifier"]["state_dict"] = old
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = load_weights(tmp_path / "old.pt")
+    assert loaded.classifier is not None and loaded.classifier.config.wide_channels == 0
+    with torch.inference_mode():
+        assert loaded.classifier.build()(torch.randn(3, N_FEATURES),
+                                         torch.randn(3, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE)).shape == (3, N_CLASSES)
 
 
 def test_refitting_the_classifier_keeps_the_network_uid_that_keys_the_candidate_cache(tmp_path: Path) -> None:
@@ -199,16 +247,23 @@ def test_fit_learns_a_separable_rule() -> None:
     rng = np.random.default_rng(0)
     n = 600
     features = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
-    # background when feature 0 < 0.5; else the artery is LAD when the patch is bright, RCA when dark
-    bright = rng.random(n) < 0.5
-    patches = np.where(bright[:, None, None, None], 1.0, -1.0) * np.ones((n, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE))
-    patches = (patches + rng.normal(0, 0.3, patches.shape)).astype(np.float16)
-    truth = np.where(features[:, 0] > 0.5, np.where(bright, 2, 4), 0).astype(np.int64)
-    rows = CandidateRows(features, patches, truth, np.arange(n) // 50, np.full(n, 4.0, np.float32))
+    # background when feature 0 < 0.5 or the wide view is dark (each input matters);
+    # else the artery is LAD when the patch is bright, RCA when dark
+    def views(on: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        v = np.where(on[:, None, None, None], 1.0, -1.0) * np.ones((n, *shape))
+        return (v + rng.normal(0, 0.3, v.shape)).astype(np.float16)
+
+    bright, open_wide = rng.random(n) < 0.5, rng.random(n) < 0.7
+    patches = views(bright, (PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE))
+    wide = views(open_wide, (WIDE_CHANNELS, WIDE_SIDE, WIDE_SIDE))
+    truth = np.where((features[:, 0] > 0.5) & open_wide, np.where(bright, 2, 4), 0).astype(np.int64)
+    rows = CandidateRows(features, patches, wide, truth, np.arange(n) // 50, np.full(n, 4.0, np.float32))
     fitted = fit_classifier(rows, epochs=30, batch_size=64, learning_rate=1e-2, easy_keep=1.0,
-                            config=ClassifierConfig(hidden=(16,), conv_channels=(4, 8), dropout=0.0))
+                            config=ClassifierConfig(hidden=(16,), conv_channels=(4, 8), wide_conv_channels=(4, 8),
+                                                    dropout=0.0))
     with torch.inference_mode():
-        predicted = decide(fitted.build()(torch.from_numpy(features), torch.from_numpy(patches).float()), 0.0).numpy()
+        predicted = decide(fitted.build()(torch.from_numpy(features), torch.from_numpy(patches).float(),
+                                          torch.from_numpy(wide).float()), 0.0).numpy()
     assert np.mean(predicted == truth) > 0.9
     assert fitted.training["coronary_candidates"] == int(np.count_nonzero(truth))
     with pytest.raises(ValueError, match="no coronary"):
@@ -226,8 +281,8 @@ def test_easy_background_is_subsampled_and_reweighted() -> None:
     features[n // 2 :, p] = 0.9  # hard background and coronary
     truth = np.zeros(n, np.int64)
     truth[-100:] = 2
-    rows = CandidateRows(features, np.zeros((n, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE), np.float16), truth,
-                         np.zeros(n, np.int64), np.ones(n, np.float32))
+    empty = CandidateRows.empty(n)
+    rows = dataclasses.replace(empty, features=features, truth=truth, area_mm2=np.ones(n, np.float32))
     picked, factor = subsample_easy(rows, 0.25, seed=0)
     easy = picked.features[:, p] < 0.5
     assert np.count_nonzero(~easy) == n // 2  # every hard and coronary row stays

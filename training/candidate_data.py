@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.candidate_features import N_FEATURES, PATCH_CHANNELS, PATCH_SIDE
+from pipeline.candidate_features import N_FEATURES, PATCH_CHANNELS, PATCH_SIDE, WIDE_CHANNELS, WIDE_SIDE
 from pipeline.candidates import majority_classes
 from pipeline.inference import ModelConfig, look_closer, run_network
 from pipeline.preprocess import Preprocess, extract
@@ -41,18 +41,28 @@ class CandidateRows:
 
     features: np.ndarray  # float32 (n, N_FEATURES)
     patches: np.ndarray  # float16 (n, PATCH_CHANNELS, side, side)
+    wide: np.ndarray  # float16 (n, WIDE_CHANNELS, wide side, wide side)
     truth: np.ndarray  # int64 (n,) 0 background, 1-4 artery
     case: np.ndarray  # int64 (n,) index of the case in the source list
     area_mm2: np.ndarray  # float32 (n,) candidate area (weights the loss: sub-1 mm^2 ones are never scored)
 
     @staticmethod
+    def empty(n: int = 0) -> CandidateRows:
+        """``n`` rows of zeros (to be filled)."""
+        return CandidateRows(np.zeros((n, N_FEATURES), np.float32),
+                             np.zeros((n, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE), np.float16),
+                             np.zeros((n, WIDE_CHANNELS, WIDE_SIDE, WIDE_SIDE), np.float16),
+                             np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.float32))
+
+    @staticmethod
     def concatenate(parts: Sequence[CandidateRows]) -> CandidateRows:
         if not parts:
-            return CandidateRows(np.zeros((0, N_FEATURES), np.float32),
-                                 np.zeros((0, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE), np.float16),
-                                 np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-        return CandidateRows(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                               ("features", "patches", "truth", "case", "area_mm2")))
+            return CandidateRows.empty()
+        return CandidateRows(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(CandidateRows)))
+
+    def take(self, chosen: np.ndarray) -> CandidateRows:
+        """The rows ``chosen`` (a boolean mask or indices)."""
+        return CandidateRows(*(getattr(self, f.name)[chosen] for f in fields(CandidateRows)))
 
 
 def case_rows(source: CaseSource, weights: WeightsFile, index: int, gate: float,
@@ -67,36 +77,54 @@ def case_rows(source: CaseSource, weights: WeightsFile, index: int, gate: float,
     truth = majority_classes(found.ids, found.count, extract(case.labels, prepared.box, 0))[1:][look]
     pixels = np.bincount(found.ids.ravel(), minlength=found.count + 1)[1:][look]
     area = (pixels * case.pixel_spacing_mm[0] * case.pixel_spacing_mm[1]).astype(np.float32)
-    return CandidateRows(found.features[look], looked.patches.astype(np.float16), truth.astype(np.int64),
-                         np.full(look.size, index, np.int64), area)
+    return CandidateRows(found.features[look], looked.patches.astype(np.float16), looked.wide.astype(np.float16),
+                         truth.astype(np.int64), np.full(look.size, index, np.int64), area)
 
 
-def _cached_rows(source: CaseSource, weights: WeightsFile, index: int, cache_dir: Path, gate: float) -> CandidateRows:
+def _cache_path(source: CaseSource, weights: WeightsFile, cache_dir: Path, gate: float) -> Path:
     # Stale when the network, the features or the gate change (not when only the classifier was refitted).
-    path = cache_dir / f"{source.key}-{weights.network_uid}-f{N_FEATURES}-p{PATCH_CHANNELS}x{PATCH_SIDE}-g{gate:g}.npz"
+    return cache_dir / (f"{source.key}-{weights.network_uid}-f{N_FEATURES}-p{PATCH_CHANNELS}x{PATCH_SIDE}"
+                        f"-w{WIDE_CHANNELS}x{WIDE_SIDE}-g{gate:g}.npz")
+
+
+def _cached_count(source: CaseSource, weights: WeightsFile, cache_dir: Path, gate: float) -> int:
+    """Make sure the rows of ``source`` are cached; their number."""
+    path = _cache_path(source, weights, cache_dir, gate)
     if path.is_file():
         with np.load(path) as z:
-            return CandidateRows(z["features"], z["patches"], z["truth"], np.full(len(z["truth"]), index, np.int64),
-                                 z["area"])
-    rows = case_rows(source, weights, index, gate)
+            return len(z["truth"])
+    rows = case_rows(source, weights, 0, gate)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, features=rows.features, patches=rows.patches, truth=rows.truth, area=rows.area_mm2)
+    np.savez(tmp, features=rows.features, patches=rows.patches, wide=rows.wide, truth=rows.truth, area=rows.area_mm2)
     tmp.replace(path)
-    return rows
+    return len(rows.truth)
 
 
 def collect_rows(sources: Sequence[CaseSource], weights: WeightsFile, cache_dir: Path, gate: float,
                  workers: int = 1) -> CandidateRows:
-    """Rows of every source (cached), using ``workers`` processes."""
-    jobs = [(s, weights, i, cache_dir, gate) for i, s in enumerate(sources)]
+    """Rows of every source (cached), using ``workers`` processes.
+
+    The workers only fill the cache; the rows are then read into one
+    preallocated set, so memory holds them once, not as parts plus their
+    concatenation (the patches of 1600 phantoms take about 10 GB).
+    """
+    jobs = [(s, weights, cache_dir, gate) for s in sources]
     if workers <= 1 or len(jobs) <= 1:
-        parts = [_cached_rows(*job) for job in jobs]
+        counts = [_cached_count(*job) for job in jobs]
     else:
         # One torch thread per worker process: the processes already fill the cores.
         with ProcessPoolExecutor(min(workers, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            parts = list(pool.map(_cached_rows, *zip(*jobs), chunksize=4))
-    rows = CandidateRows.concatenate(parts)
+            counts = list(pool.map(_cached_count, *zip(*jobs), chunksize=4))
+    rows = CandidateRows.empty(sum(counts))
+    at = 0
+    for index, (source, count) in enumerate(zip(sources, counts)):
+        with np.load(_cache_path(source, weights, cache_dir, gate)) as z:
+            part = slice(at, at + count)
+            rows.features[part], rows.patches[part], rows.wide[part] = z["features"], z["patches"], z["wide"]
+            rows.truth[part], rows.area_mm2[part] = z["truth"], z["area"]
+        rows.case[part] = index
+        at += count
     log.info("%d candidates from %d cases (%d coronary)", len(rows.truth), len(sources),
              int(np.count_nonzero(rows.truth)))
     return rows

@@ -41,8 +41,8 @@ class CandidateFitter(pl.LightningModule):
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
 
-    def forward(self, features: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        return self.model(features, patches)
+    def forward(self, features: torch.Tensor, patches: torch.Tensor, wide: torch.Tensor) -> torch.Tensor:
+        return self.model(features, patches, wide)
 
     def loss(self, logits: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits, truth, reduction="none")
@@ -55,8 +55,8 @@ class CandidateFitter(pl.LightningModule):
                 + (ce * coronary).sum() / (weight * coronary).sum().clamp(min=1e-6))
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        features, patches, truth, weight = batch
-        loss = self.loss(self(features, patches.float()), truth, weight)
+        features, patches, wide, truth, weight = batch
+        loss = self.loss(self(features, patches.float(), wide.float()), truth, weight)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=features.shape[0])
         return loss
 
@@ -78,9 +78,7 @@ def subsample_easy(rows: CandidateRows, keep: float, seed: int) -> tuple[Candida
     rng = np.random.default_rng(seed)
     chosen = ~easy | (rng.random(len(easy)) < keep)
     factor = np.where(easy, 1.0 / keep, 1.0)[chosen].astype(np.float32)
-    picked = CandidateRows(rows.features[chosen], rows.patches[chosen], rows.truth[chosen], rows.case[chosen],
-                           rows.area_mm2[chosen])
-    return picked, factor
+    return rows.take(chosen), factor
 
 
 def fit_classifier(rows: CandidateRows, *, min_area_mm2: float = 1.0, epochs: int = 30, batch_size: int = 256,
@@ -103,8 +101,9 @@ def fit_classifier(rows: CandidateRows, *, min_area_mm2: float = 1.0, epochs: in
     # Whole batches are indexed at once (a per-row __getitem__ costs minutes on 10^5 rows).
     batches = BatchSampler(RandomSampler(truth, generator=torch.Generator().manual_seed(seed)), batch_size,
                            drop_last=False)
-    patches = torch.from_numpy(rows.patches)  # float16 in memory, float32 per batch
-    loader = DataLoader(TensorDataset(features, patches, truth, weight), sampler=batches, batch_size=None)
+    # Patches stay float16 in memory, float32 per batch.
+    data = TensorDataset(features, torch.from_numpy(rows.patches), torch.from_numpy(rows.wide), truth, weight)
+    loader = DataLoader(data, sampler=batches, batch_size=None)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
