@@ -3,7 +3,7 @@
 The second stage of the model (the first is ``pipeline.model.UNet3D``), the
 classic two-stage design of automatic calcium scoring: the network marks
 where coronary calcium may be on its 1.4 mm grid, then each candidate lesion
-gets a closer look at native resolution.  Two branches are joined:
+gets a closer look at native resolution.  These branches are joined:
 
 - a small MLP over the feature rows of ``pipeline.candidate_features``
   (network probabilities, size, density, position, surroundings); the
@@ -13,8 +13,10 @@ gets a closer look at native resolution.  Two branches are joined:
   neighbouring slices as channels plus the candidate's mask), which sees what
   a reader sees -- whether the calcium sits on the wall of the aorta or of a
   coronary artery in epicardial fat;
-- a smaller CNN over a coarse, wider view (``wide_patches``, 60 mm), which
-  shows the whole aortic root beside a calcification near the ostia.
+- optionally (``wide_channels``), a smaller CNN over a coarse, wider view
+  (``wide_patches``, 60 mm) that shows the whole aortic root beside a
+  calcification near the ostia.  Measured neutral so far (model card), so off
+  by default.
 
 Candidates whose highest network coronary probability is below ``gate`` are
 background without a closer look: that keeps the CPU cost per series small
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 
 from pipeline.arteries import N_CLASSES
-from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, WIDE_CHANNELS
+from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class ClassifierConfig:
     hidden: tuple[int, ...] = (64, 64)  # MLP branch
     conv_channels: tuple[int, ...] = (16, 32, 64)  # CNN branch, one 2x pooling after each but the last
     patch_channels: int = PATCH_CHANNELS
-    wide_channels: int = WIDE_CHANNELS  # 0: no wide branch (weights files before 1.3.0)
+    wide_channels: int = 0  # WIDE_CHANNELS for the wide branch; 0 (files without it): none
     wide_conv_channels: tuple[int, ...] = (16, 32)
     dropout: float = 0.1
     gate: float = 0.1  # candidates with a network coronary probability below this are background

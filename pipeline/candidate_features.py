@@ -249,8 +249,9 @@ def wide_patches(hu_crop: np.ndarray, found: Candidates, which: np.ndarray, pixe
     ``WIDE_MM`` across at ``WIDE_MM / WIDE_SIDE`` per pixel, on the candidate's
     slice and ``_NEIGHBOUR_MM`` above and below: wide enough to show the whole
     aortic root beside a calcification near the coronary ostia, which the fine
-    patch shows only in part (an aortic-root calcification called left main was
-    the commonest false positive of the 40 mm patch alone).
+    patch shows only in part (aortic-root calcifications called left main are
+    among the false positives of the 40 mm patch alone).  Used by a classifier
+    with ``wide_channels`` (model card: measured neutral so far).
     """
     dz = int(round(_NEIGHBOUR_MM / increment_mm)) or 1
     means, _, _ = _pooled_views(hu_crop, found.centres[which], (-dz, 0, dz), WIDE_SIDE, WIDE_MM, pixel_spacing_mm)

@@ -124,7 +124,8 @@ class Labeller:
         """The lesion classifier's logits for every candidate of the heart crop (needs a classifier)."""
         assert self.classifier is not None, "the weights file has no lesion classifier"
         looked = look_closer(hu, prepared, logits, self.config.candidate_threshold_hu,
-                             self.config.candidate_connectivity, self.classifier.config.gate)
+                             self.config.candidate_connectivity, self.classifier.config.gate,
+                             wide=self.classifier.config.wide_channels > 0)
         return decide_candidates(self.classifier, looked)
 
     @staticmethod
@@ -157,7 +158,8 @@ def decide_candidates(classifier: CandidateClassifier, looked: LookedAt) -> Cand
     if looked.indices.size:
         with torch.inference_mode():
             scores = classifier(torch.from_numpy(looked.candidates.features[looked.indices]),
-                                torch.from_numpy(looked.patches), torch.from_numpy(looked.wide))
+                                torch.from_numpy(looked.patches),
+                                None if looked.wide is None else torch.from_numpy(looked.wide))
     return CandidateDecisions(looked.candidates, looked.indices, scores)
 
 
@@ -168,11 +170,11 @@ class LookedAt:
     candidates: Candidates
     indices: np.ndarray  # 0-based indices of the candidates past the gate
     patches: np.ndarray  # float32 (len(indices), PATCH_CHANNELS, side, side)
-    wide: np.ndarray  # float32 (len(indices), WIDE_CHANNELS, wide side, wide side)
+    wide: np.ndarray | None  # float32 (len(indices), WIDE_CHANNELS, wide side, wide side), None when not asked for
 
 
 def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, threshold_hu: float, connectivity: int,
-                gate: float) -> LookedAt:
+                gate: float, wide: bool = True) -> LookedAt:
     """What the lesion classifier sees of a volume's heart crop: every candidate's features, the gate, the patches.
 
     ``hu`` is the whole volume that ``prepared`` and ``logits`` came from.  One
@@ -186,7 +188,9 @@ def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, thresh
                                connectivity)
     look = np.flatnonzero(gated(torch.from_numpy(found.features), gate).numpy())
     patches = candidate_patches(hu_crop, found, look, spacing, increment)
-    return LookedAt(found, look, patches, wide_patches(hu_crop, found, look, spacing, increment))
+    # The wide view costs about 0.05 s a series: only for a classifier that uses it.
+    views = wide_patches(hu_crop, found, look, spacing, increment) if wide else None
+    return LookedAt(found, look, patches, views)
 
 
 def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, device: torch.device) -> torch.Tensor:

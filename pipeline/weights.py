@@ -160,8 +160,7 @@ def _classifier(stored: Any) -> ClassifierWeights | None:
     if stored is None:
         return None
     return ClassifierWeights(
-        # Files before 1.3.0 have no wide view: their config does not name it.
-        config=ClassifierConfig(**{"wide_channels": 0, **_tuples(stored["config"])}),
+        config=ClassifierConfig(**_tuples(stored["config"])),
         state_dict=dict(stored["state_dict"]),
         background_bias=float(stored.get("background_bias", 0.0)),
         training=dict(stored.get("training", {})),

@@ -154,7 +154,8 @@ def test_decide_with_background_bias() -> None:
 def _weights_with_classifier(tmp_path: Path) -> WeightsFile:
     torch.manual_seed(0)
     small = UNetConfig(channels=(4, 8, 8))
-    config = ClassifierConfig(hidden=(8,), conv_channels=(4, 8), wide_conv_channels=(4,), gate=0.0)
+    config = ClassifierConfig(hidden=(8,), conv_channels=(4, 8), wide_channels=WIDE_CHANNELS,
+                              wide_conv_channels=(4,), gate=0.0)
     classifier = CandidateClassifier(config)
     classifier.set_standardisation(torch.randn(50, N_FEATURES) * 3 + 1)
     weights = WeightsFile(
@@ -188,7 +189,7 @@ def test_classifier_round_trips_through_the_weights_file(tmp_path: Path) -> None
 
 
 def test_a_classifier_stored_before_the_wide_view_still_loads(tmp_path: Path) -> None:
-    """Files before 1.3.0 store no ``wide_channels``: they mean a classifier without the wide branch."""
+    """Files before the wide view store no ``wide_channels``: they mean a classifier without the wide branch."""
     saved = _weights_with_classifier(tmp_path)
     assert saved.classifier is not None
     config = dataclasses.replace(saved.classifier.config, wide_channels=0)
@@ -259,8 +260,8 @@ def test_fit_learns_a_separable_rule() -> None:
     truth = np.where((features[:, 0] > 0.5) & open_wide, np.where(bright, 2, 4), 0).astype(np.int64)
     rows = CandidateRows(features, patches, wide, truth, np.arange(n) // 50, np.full(n, 4.0, np.float32))
     fitted = fit_classifier(rows, epochs=30, batch_size=64, learning_rate=1e-2, easy_keep=1.0,
-                            config=ClassifierConfig(hidden=(16,), conv_channels=(4, 8), wide_conv_channels=(4, 8),
-                                                    dropout=0.0))
+                            config=ClassifierConfig(hidden=(16,), conv_channels=(4, 8), wide_channels=WIDE_CHANNELS,
+                                                    wide_conv_channels=(4, 8), dropout=0.0))
     with torch.inference_mode():
         predicted = decide(fitted.build()(torch.from_numpy(features), torch.from_numpy(patches).float(),
                                           torch.from_numpy(wide).float()), 0.0).numpy()

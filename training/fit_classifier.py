@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.candidate_classifier import ClassifierConfig
+from pipeline.candidate_features import WIDE_CHANNELS
 from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
 from training.candidate_data import collect_rows
 from training.candidate_module import fit_classifier
@@ -69,10 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", help="new version string (default: keep)")
     p.add_argument("--output", type=Path, help="weights file to write (default: overwrite the input)")
     p.add_argument("--cache", type=Path, default=Path("var/training/candidates"))
+    p.add_argument("--wide-view", action="store_true", help="add the wide-view branch (model card: neutral so far)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     weights = add_classifier(load_weights(args.weights), phantoms(args.first_seed, args.n), args.cache,
-                             workers=args.workers, epochs=args.epochs, version=args.version)
+                             workers=args.workers, epochs=args.epochs, version=args.version,
+                             config=ClassifierConfig(wide_channels=WIDE_CHANNELS if args.wide_view else 0))
     output = args.output or args.weights
     save_weights(weights, output)
     log.info("wrote %s (uid %s)", output, weights.uid)
