@@ -37,7 +37,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CandidateRows:
-    """Feature rows of many cases."""
+    """Feature rows of many cases.
+
+    The wide view is always kept, whether or not the classifier to be fitted
+    has the wide branch, so one cache serves both.
+    """
 
     features: np.ndarray  # float32 (n, N_FEATURES)
     patches: np.ndarray  # float16 (n, PATCH_CHANNELS, side, side)
@@ -53,12 +57,6 @@ class CandidateRows:
                              np.zeros((n, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE), np.float16),
                              np.zeros((n, WIDE_CHANNELS, WIDE_SIDE, WIDE_SIDE), np.float16),
                              np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.float32))
-
-    @staticmethod
-    def concatenate(parts: Sequence[CandidateRows]) -> CandidateRows:
-        if not parts:
-            return CandidateRows.empty()
-        return CandidateRows(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(CandidateRows)))
 
     def take(self, chosen: np.ndarray) -> CandidateRows:
         """The rows ``chosen`` (a boolean mask or indices)."""
