@@ -58,6 +58,10 @@ class ScoringProfile:
         if c is not None and c <= 0:
             raise ValueError(f"scoring.mass_calibration_mg_per_mm3_hu must be > 0, got {c}")
 
+    def increment_factor(self, increment_mm: float) -> float:
+        """What Agatston is multiplied by for this slice increment (1 without increment normalisation)."""
+        return increment_mm / self.reference_increment_mm if self.normalise_increment else 1.0
+
 
 @dataclass(frozen=True)
 class ArteryScore:
@@ -131,8 +135,7 @@ def score_artery(
 ) -> ArteryScore:
     """Score the calcium of one artery whose voxels are ``mask``."""
     counted, agatston = counted_voxels(hu, mask, pixel_spacing_mm, profile)
-    if profile.normalise_increment:
-        agatston *= increment_mm / profile.reference_increment_mm
+    agatston *= profile.increment_factor(increment_mm)
     voxel_mm3 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) * float(increment_mm)
     n_counted = int(np.count_nonzero(counted))
     _, lesions = ndimage.label(counted, structure=np.ones((3, 3, 3), dtype=bool))

@@ -77,8 +77,7 @@ class ScoredTruth:
 
 def score_truth(hu: np.ndarray, true_labels: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float,
                 profile: ScoringProfile) -> ScoredTruth:
-    factor = increment_mm / profile.reference_increment_mm if profile.normalise_increment else 1.0
-    density = voxel_agatston(hu, true_labels, pixel_spacing_mm, profile) * factor
+    density = voxel_agatston(hu, true_labels, pixel_spacing_mm, profile) * profile.increment_factor(increment_mm)
     lesions, n = ndimage.label(density > 0, structure=_CUBE)
     return ScoredTruth(true_labels, density, lesions, int(n))
 
@@ -93,8 +92,7 @@ def compare(
     true_total: float | None = None,
 ) -> CaseOutcome:
     """Compare one prediction with the scored truth (``true_total`` overrides the truth total, e.g. whole-volume)."""
-    factor = increment_mm / profile.reference_increment_mm if profile.normalise_increment else 1.0
-    pred_density = voxel_agatston(hu, pred_labels, pixel_spacing_mm, profile) * factor
+    pred_density = voxel_agatston(hu, pred_labels, pixel_spacing_mm, profile) * profile.increment_factor(increment_mm)
     true_counted, pred_counted = truth.density > 0, pred_density > 0
     detected = true_counted & pred_counted
     right = detected & (truth.labels == pred_labels)
