@@ -99,6 +99,7 @@ def candidate_features(
     increment_mm: float,
     threshold_hu: float,
     connectivity: int,
+    gate: float = 0.0,
 ) -> Candidates:
     """Candidates of a heart crop and their feature rows.
 
@@ -109,115 +110,180 @@ def candidate_features(
         ``row0 = col0 = 0``, the heart centre relative to the crop).
     probabilities
         (N_CLASSES, z, grid, grid) softmax of the network on this crop.
+    gate
+        Only candidates whose ``p_coronary_max`` reaches it get the whole row;
+        the others (which the classifier never looks at, ``gated``) keep the
+        network's columns and NaN elsewhere.  0 computes every row.
     """
     ids, n = find_candidates(hu_crop, threshold_hu, connectivity)
     if n == 0:
         return Candidates(ids, np.zeros((0, N_FEATURES), dtype=np.float32), np.zeros((0, 3)))
-    z, r, c = np.nonzero(ids)
-    which = ids[z, r, c].astype(np.int64) - 1
+    voxels = np.flatnonzero(ids)
+    z, r, c = np.unravel_index(voxels, ids.shape)
+    which = ids.ravel()[voxels].astype(np.int64) - 1
     size = np.bincount(which, minlength=n).astype(np.float64)
-
-    def mean_of(values: np.ndarray) -> np.ndarray:
-        return np.bincount(which, weights=values, minlength=n) / size
+    per_candidate = _PerCandidate(which, size)
 
     grid = probabilities.shape[-1]
     rows, cols = cell_index(box, grid)
     voxel_probs = probabilities[:, z, rows[r], cols[c]].astype(np.float64)  # (N_CLASSES, voxels)
-    mean_probs = np.stack([mean_of(p) for p in voxel_probs], axis=1)
-    coronary_max = np.full(n, 0.0)
-    np.maximum.at(coronary_max, which, 1.0 - voxel_probs[0])
+    mean_probs = np.stack([per_candidate.mean(p) for p in voxel_probs], axis=1)
+    coronary_max = per_candidate.max(1.0 - voxel_probs[0])
+    centre = tuple(per_candidate.mean(v.astype(np.float64)) for v in (z, r, c))
+    features = np.full((n, N_FEATURES), np.nan, dtype=np.float32)
+    features[:, :6] = np.column_stack([mean_probs, coronary_max])
 
-    values = hu_crop[z, r, c].astype(np.float64)
-    peak = np.full(n, -np.inf)
-    np.maximum.at(peak, which, values)
-    pixel_area = pixel_spacing_mm[0] * pixel_spacing_mm[1]
-
-    volume, z_extent, inplane_extent = _object_features(ids > 0, z, r, c, which, n, pixel_spacing_mm, increment_mm)
-
-    centre = (mean_of(z.astype(np.float64)), mean_of(r.astype(np.float64)), mean_of(c.astype(np.float64)))
-    # Position relative to the heart centre, as the network's position channels measure it.
-    z_mm = (centre[0] - (hu_crop.shape[0] - 1) / 2.0) * increment_mm
-    row_mm = (centre[1] + 0.5 - box.centre_row) * pixel_spacing_mm[0]
-    col_mm = (centre[2] + 0.5 - box.centre_col) * pixel_spacing_mm[1]
-
-    near = _context(hu_crop, pixel_spacing_mm, _NEAR_MM, z, r, c, mean_of)
-    wide = _context(hu_crop, pixel_spacing_mm, _WIDE_MM, z, r, c, mean_of)
-    picture = _picture(hu_crop, pixel_spacing_mm, increment_mm, centre)
-
-    features = np.column_stack([
-        mean_probs, coronary_max,
-        np.log(size * pixel_area), peak / 1000.0, mean_of(values) / 1000.0,
-        np.log(volume), z_extent / 10.0, inplane_extent / 10.0,
-        z_mm / 100.0, row_mm / 100.0, col_mm / 100.0, np.sqrt(z_mm**2 + row_mm**2 + col_mm**2) / 100.0,
-        near, wide, picture,
-    ]).astype(np.float32)
-    assert features.shape == (n, N_FEATURES)
+    # The costly columns only for the candidates past the gate (the others are never looked at).
+    full = np.flatnonzero(coronary_max >= gate)
+    if full.size:
+        keep = (coronary_max >= gate)[which]
+        z, r, c, which = z[keep], r[keep], c[keep], which[keep]
+        kept = _PerCandidate(which, size)  # every voxel of a kept candidate is kept: same sizes
+        values = hu_crop[z, r, c].astype(np.float64)
+        pixel_area = pixel_spacing_mm[0] * pixel_spacing_mm[1]
+        volume, z_extent, inplane_extent = _object_features(ids > 0, z, r, c, which, n, pixel_spacing_mm,
+                                                            increment_mm)
+        # Position relative to the heart centre, as the network's position channels measure it.
+        z_mm = (centre[0] - (hu_crop.shape[0] - 1) / 2.0) * increment_mm
+        row_mm = (centre[1] + 0.5 - box.centre_row) * pixel_spacing_mm[0]
+        col_mm = (centre[2] + 0.5 - box.centre_col) * pixel_spacing_mm[1]
+        near, wide = _context(hu_crop, pixel_spacing_mm, (_NEAR_MM, _WIDE_MM), z, r, c, which, kept.mean)
+        picture = _picture(hu_crop, pixel_spacing_mm, increment_mm, tuple(v[full] for v in centre))
+        features[full, 6:] = np.column_stack([
+            np.log(size * pixel_area)[full], kept.max(values)[full] / 1000.0, kept.mean(values)[full] / 1000.0,
+            np.log(volume)[full], z_extent[full] / 10.0, inplane_extent[full] / 10.0,
+            z_mm[full] / 100.0, row_mm[full] / 100.0, col_mm[full] / 100.0,
+            np.sqrt(z_mm**2 + row_mm**2 + col_mm**2)[full] / 100.0,
+            near[full], wide[full], picture,
+        ])
     return Candidates(ids, features, np.column_stack(centre))
+
+
+class _PerCandidate:
+    """Means and maxima of per-voxel values over each candidate's voxels (``which``: candidate per voxel)."""
+
+    def __init__(self, which: np.ndarray, size: np.ndarray) -> None:
+        self.which, self.size = which, size
+        self.order = np.argsort(which, kind="stable")
+        counts = np.bincount(which, minlength=size.size)
+        self.present = counts > 0
+        self.starts = (np.cumsum(counts) - counts)[self.present]
+
+    def mean(self, values: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):  # absent candidates: 0 / size, never read
+            return np.bincount(self.which, weights=values, minlength=self.size.size) / self.size
+
+    def max(self, values: np.ndarray) -> np.ndarray:
+        out = np.full(self.size.size, -np.inf)
+        if self.which.size:
+            out[self.present] = np.maximum.reduceat(values[self.order], self.starts)
+        return out
 
 
 def _object_features(
     mask: np.ndarray, z: np.ndarray, r: np.ndarray, c: np.ndarray, which: np.ndarray, n: int,
     pixel_spacing_mm: tuple[float, float], increment_mm: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per candidate: volume (mm^3), z extent and in-plane extent (mm) of its 26-connected 3-D object."""
+    """Per candidate: volume (mm^3), z extent and in-plane extent (mm) of its 26-connected 3-D object.
+
+    Rows of candidates without a voxel in (z, r, c) are meaningless.
+    """
     objects, n_objects = ndimage.label(mask, structure=_CUBE)
-    obj = objects[z, r, c].astype(np.int64)
-    voxel_volume = pixel_spacing_mm[0] * pixel_spacing_mm[1] * increment_mm
-    counts = np.bincount(obj, minlength=n_objects + 1).astype(np.float64)
-    extent = np.zeros((n_objects + 1, 3))
-    for axis, coord in enumerate((z, r, c)):
-        lo = np.full(n_objects + 1, np.inf)
-        hi = np.full(n_objects + 1, -np.inf)
-        np.minimum.at(lo, obj, coord)
-        np.maximum.at(hi, obj, coord)
-        extent[:, axis] = hi - lo + 1
+    counts = np.bincount(objects.ravel(), minlength=n_objects + 1).astype(np.float64)
+    extent = np.ones((n_objects + 1, 3))
+    extent[1:] = [[s.stop - s.start for s in found] for found in ndimage.find_objects(objects)]
     # Every voxel of candidate i lies in one object: take it from any of them.
     first = np.zeros(n, dtype=np.int64)
-    first[which] = obj
+    first[which] = objects[z, r, c]
+    voxel_volume = pixel_spacing_mm[0] * pixel_spacing_mm[1] * increment_mm
     volume = counts[first] * voxel_volume
     z_extent = extent[first, 0] * increment_mm
     inplane = np.hypot(extent[first, 1] * pixel_spacing_mm[0], extent[first, 2] * pixel_spacing_mm[1])
     return volume, z_extent, inplane
 
 
-def _context(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], side_mm: float,
-             z: np.ndarray, r: np.ndarray, c: np.ndarray, mean_of) -> np.ndarray:
-    """Per candidate, the share of fat, soft tissue, air and calcium in a ``side_mm`` in-plane window."""
-    size = (1, max(3, int(round(side_mm / pixel_spacing_mm[0]))) | 1,
-            max(3, int(round(side_mm / pixel_spacing_mm[1]))) | 1)
-    air = hu_crop < _AIR_BELOW
-    fat = (hu_crop >= _AIR_BELOW) & (hu_crop < _FAT_BELOW)
-    calcium = hu_crop >= 130.0
+def _context(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], sides_mm: tuple[float, ...],
+             z: np.ndarray, r: np.ndarray, c: np.ndarray, which: np.ndarray, mean_of) -> list[np.ndarray]:
+    """Per candidate and window side, the share of fat, soft tissue, air and calcium in the in-plane window.
+
+    A candidate lies on one slice: each is filtered on the block its windows
+    reach (``_blocks``), blocks of like size stacked into one call -- the
+    numbers of a whole-crop filter at a fraction of the work.
+    """
+    sizes = [(max(3, int(round(side / pixel_spacing_mm[0]))) | 1, max(3, int(round(side / pixel_spacing_mm[1]))) | 1)
+             for side in sides_mm]
+    reach = np.array([max(s[0] for s in sizes) // 2, max(s[1] for s in sizes) // 2])
+    shares = np.empty((len(sizes), 4, z.size))
+    order = np.argsort(which, kind="stable")
+    starts = np.flatnonzero(np.diff(which[order], prepend=-1))
+    first = order[starts]  # one voxel per candidate: its slice
+    low = np.stack([np.minimum.reduceat(v[order], starts) for v in (r, c)], axis=1)
+    span = np.stack([np.maximum.reduceat(v[order], starts) for v in (r, c)], axis=1) - low + 1
+    slot = np.repeat(np.arange(starts.size), np.diff(np.append(starts, z.size)))  # candidate slot per sorted voxel
+    # Blocks of like size together (spans rounded up to a power of two): one big candidate
+    # does not inflate the blocks of the many small ones.
+    bucket = np.maximum(np.ceil(np.log2(span.max(axis=1))), 3).astype(int)
+    for b in np.unique(bucket):
+        group = np.flatnonzero(bucket == b)
+        shape = tuple(int(x) for x in 2**b + 2 * reach)
+        block = _blocks(hu_crop, z[first[group]], low[group] - reach, shape)
+        bands = _bands(block)
+        voxels = np.flatnonzero(np.isin(slot, group))
+        k = np.searchsorted(group, slot[voxels])
+        at = (k, r[order[voxels]] - low[group][k, 0] + reach[0], c[order[voxels]] - low[group][k, 1] + reach[1])
+        for s, size in enumerate(sizes):
+            for i, band in enumerate(bands):
+                share = ndimage.uniform_filter(band, size=(1, *size), mode="nearest")
+                shares[s, i, order[voxels]] = share[at]
+    return [np.column_stack([mean_of(v) for v in per_size]) for per_size in shares]
+
+
+def _bands(hu: np.ndarray) -> tuple[np.ndarray, ...]:
+    """float32 masks of fat, soft tissue, lung/air and calcium (the context bands)."""
+    air = hu < _AIR_BELOW
+    fat = (hu >= _AIR_BELOW) & (hu < _FAT_BELOW)
+    calcium = hu >= 130.0
     soft = ~(air | fat | calcium)
-    out = []
-    for band in (fat, soft, air, calcium):
-        # Only the candidate voxels are needed: filter, then gather (the filter is separable and cheap).
-        share = ndimage.uniform_filter(band.astype(np.float32), size=size, mode="nearest")
-        out.append(mean_of(share[z, r, c].astype(np.float64)))
-    return np.column_stack(out)
+    return tuple(band.astype(np.float32) for band in (fat, soft, air, calcium))
+
+
+def _blocks(hu_crop: np.ndarray, z: np.ndarray, low: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """In-plane blocks (k, *shape) of slices ``z`` from (row, col) ``low``, the crop's edges repeated beyond it.
+
+    Repeating the edge is what ``mode="nearest"`` does at the crop's edge, so a
+    block filtered alone gives the crop's numbers at points whose window stays
+    inside the block.
+    """
+    rows = np.clip(low[:, :1] + np.arange(shape[0]), 0, hu_crop.shape[1] - 1)
+    cols = np.clip(low[:, 1:] + np.arange(shape[1]), 0, hu_crop.shape[2] - 1)
+    return hu_crop[z[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def _picture(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float,
              centre: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """Box-mean HU on grids round each candidate centre (see the module docstring), scaled to about -1..1."""
-    clipped = np.clip(hu_crop, *_PICTURE_WINDOW_HU).astype(np.float32)
+    """Box-mean HU on grids round each candidate centre (see the module docstring), scaled to about -1..1.
+
+    Each candidate's boxes are filtered on the block they reach (``_blocks``).
+    """
     zc, rc, cc = centre
-    n_slices = hu_crop.shape[0]
+    n_slices, n_rows, n_cols = hu_crop.shape
     columns = []
     dz = int(round(_NEIGHBOUR_MM / increment_mm)) or 1
-    for grid, dzs in ((_SLICE_GRID, (0,)), (_NEIGHBOUR_GRID, (-dz, dz))):
-        boxes, step_mm = grid
-        side = (1, max(1, int(round(step_mm / pixel_spacing_mm[0]))), max(1, int(round(step_mm / pixel_spacing_mm[1]))))
-        means = ndimage.uniform_filter(clipped, size=side, mode="nearest")
+    for (boxes, step_mm), dzs in ((_SLICE_GRID, (0,)), (_NEIGHBOUR_GRID, (-dz, dz))):
+        size = (max(1, int(round(step_mm / pixel_spacing_mm[0]))), max(1, int(round(step_mm / pixel_spacing_mm[1]))))
         offsets = (np.arange(boxes) - (boxes - 1) / 2.0) * step_mm
+        ri = np.clip(np.round(rc[:, None] + offsets / pixel_spacing_mm[0]).astype(np.int64), 0, n_rows - 1)
+        ci = np.clip(np.round(cc[:, None] + offsets / pixel_spacing_mm[1]).astype(np.int64), 0, n_cols - 1)
+        low = np.stack([ri[:, 0] - size[0] // 2, ci[:, 0] - size[1] // 2], axis=1)
+        shape = (int((ri[:, -1] - ri[:, 0]).max()) + size[0], int((ci[:, -1] - ci[:, 0]).max()) + size[1])
+        k = np.arange(zc.size)[:, None, None]
         for d in dzs:
             zi = np.clip(np.round(zc).astype(np.int64) + d, 0, n_slices - 1)
-            for off_r in offsets:
-                ri = np.clip(np.round(rc + off_r / pixel_spacing_mm[0]).astype(np.int64), 0, hu_crop.shape[1] - 1)
-                for off_c in offsets:
-                    ci = np.clip(np.round(cc + off_c / pixel_spacing_mm[1]).astype(np.int64), 0, hu_crop.shape[2] - 1)
-                    columns.append(means[zi, ri, ci] / _PICTURE_WINDOW_HU[1])
-    return np.column_stack(columns)
+            block = np.clip(_blocks(hu_crop, zi, low, shape), *_PICTURE_WINDOW_HU).astype(np.float32)
+            means = ndimage.uniform_filter(block, size=(1, *size), mode="nearest")
+            picked = means[k, (ri - low[:, :1])[:, :, None], (ci - low[:, 1:])[:, None, :]]
+            columns.append(picked.reshape(zc.size, -1) / _PICTURE_WINDOW_HU[1])
+    return np.concatenate(columns, axis=1)
 
 
 def candidate_patches(hu_crop: np.ndarray, found: Candidates, which: np.ndarray, pixel_spacing_mm: tuple[float, float],

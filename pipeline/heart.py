@@ -85,7 +85,11 @@ def locate_heart(
         return _fallback(body, step, n_slices)
 
     mediastinum = _between_lungs(lungs) & body & (small > settings.tissue_hu[0]) & (small < settings.tissue_hu[1])
-    depth = ndimage.distance_transform_edt(mediastinum, sampling=sampling)
+    # Distances only within the mediastinum's box (grown by one background voxel): the same
+    # numbers as over the whole volume, since no voxel outside it is nearer.
+    box = _grown_box(mediastinum)
+    depth = np.zeros(mediastinum.shape)
+    depth[box] = ndimage.distance_transform_edt(mediastinum[box], sampling=sampling)
     allowed = lung_area >= settings.min_lung_fraction * lung_area.max()
     depth_allowed = np.where(allowed[:, None, None], depth, 0.0)
     half_thickness = float(depth_allowed.max())
@@ -95,7 +99,9 @@ def locate_heart(
     # Opening by a ball of radius r: the voxels within r of a voxel at depth >= r.
     radius = settings.opening_fraction * half_thickness
     cores = depth >= radius
-    opened = mediastinum & (ndimage.distance_transform_edt(~cores, sampling=sampling) <= radius)
+    near_core = np.full(mediastinum.shape, np.inf)  # every core lies in the box
+    near_core[box] = ndimage.distance_transform_edt(~cores[box], sampling=sampling)
+    opened = mediastinum & (near_core <= radius)
     components, _ = ndimage.label(opened)
     centre = np.unravel_index(int(np.argmax(depth_allowed)), depth.shape)
     heart = components == components[centre]
@@ -106,6 +112,14 @@ def locate_heart(
     centre_col = (cols.min() + cols.max()) / 2.0 * step
     z0, z1 = _slab(int(zs.min()), int(zs.max()) + 1, increment_mm, n_slices, settings)
     return HeartLocation(z0=z0, z1=z1, centre_row=float(centre_row), centre_col=float(centre_col), found=True)
+
+
+def _grown_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by one voxel on each side that is not the array's edge."""
+    found = ndimage.find_objects(mask.astype(np.int8))
+    if not found:
+        return tuple(slice(0, n) for n in mask.shape)
+    return tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(found[0], mask.shape))
 
 
 def _body_mask(hu: np.ndarray, body_hu: float) -> np.ndarray:

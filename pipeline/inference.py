@@ -77,7 +77,7 @@ class Labeller:
         self.preprocess = Preprocess(weights.preprocess)
         self.model: UNet3D = weights.build_model().to(device)
         self.classifier: CandidateClassifier | None = (
-            weights.classifier.build() if weights.classifier is not None else None
+            weights.classifier.build().to(device) if weights.classifier is not None else None
         )
 
     @classmethod
@@ -153,13 +153,14 @@ class CandidateDecisions:
 
 
 def decide_candidates(classifier: CandidateClassifier, looked: LookedAt) -> CandidateDecisions:
-    """The classifier's logits for the candidates past the gate."""
+    """The classifier's logits (on the CPU) for the candidates past the gate; it runs where its weights are."""
     scores = torch.zeros((0, classifier.config.n_classes))
     if looked.indices.size:
+        device = classifier.feature_mean.device
+        inputs = [None if a is None else torch.from_numpy(a).to(device)
+                  for a in (looked.candidates.features[looked.indices], looked.patches, looked.wide)]
         with torch.inference_mode():
-            scores = classifier(torch.from_numpy(looked.candidates.features[looked.indices]),
-                                torch.from_numpy(looked.patches),
-                                None if looked.wide is None else torch.from_numpy(looked.wide))
+            scores = classifier(*inputs).cpu()
     return CandidateDecisions(looked.candidates, looked.indices, scores)
 
 
@@ -185,7 +186,7 @@ def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, thresh
     spacing, increment = prepared.pixel_spacing_mm, prepared.increment_mm
     probabilities = torch.softmax(logits.float(), dim=0).numpy()
     found = candidate_features(hu_crop, probabilities, local_box(prepared.box), spacing, increment, threshold_hu,
-                               connectivity)
+                               connectivity, gate)
     look = np.flatnonzero(gated(torch.from_numpy(found.features), gate).numpy())
     patches = candidate_patches(hu_crop, found, look, spacing, increment)
     # The wide view costs about 0.05 s a series: only for a classifier that uses it.

@@ -183,7 +183,9 @@ def score_calcium(
         raise ValueError(f"label map holds values {unknown.tolist()} outside 0-4")
     # Every counted component of an artery lies inside the box of that artery's
     # calcium, so scoring the box gives the whole volume's numbers, much faster.
-    z, y, x = np.nonzero((labels > 0) & (hu >= profile.threshold_hu))
+    z, y, x = np.unravel_index(np.flatnonzero(labels), labels.shape)  # few voxels: threshold those only
+    calcified = hu[z, y, x] >= profile.threshold_hu
+    z, y, x = z[calcified], y[calcified], x[calcified]
     artery_of = labels[z, y, x]
     arteries = {}
     for a in ARTERIES:

@@ -289,3 +289,54 @@ def test_easy_background_is_subsampled_and_reweighted() -> None:
     assert np.count_nonzero(~easy) == n // 2  # every hard and coronary row stays
     assert 400 < np.count_nonzero(easy) < 600 and np.all(factor[easy] == 4.0) and np.all(factor[~easy] == 1.0)
     assert np.count_nonzero(picked.truth) == 100
+
+
+def _whole_crop_box_mean(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.uniform_filter(image.astype(np.float32), size=(1, *size), mode="nearest")
+
+
+def test_block_wise_features_equal_whole_crop_filters_and_the_gate_skips_only_rows_never_looked_at() -> None:
+    """Context shares and the picture are filtered per candidate on small blocks; they must equal the
+    whole-crop filters, also for candidates at the crop's edges.  With a gate, rows past it are unchanged."""
+    rng = np.random.default_rng(3)
+    hu = rng.choice([-600.0, -100.0, 40.0, 300.0], size=(6, 70, 64), p=[0.2, 0.35, 0.35, 0.1]).astype(np.float32)
+    hu[2, 0:3, 0:4] = 600.0  # candidates touching the crop's corner and edges
+    hu[5, 66:70, 30:33] = 500.0
+    probabilities = rng.dirichlet(np.ones(N_CLASSES), size=(6, 16, 16)).transpose(3, 0, 1, 2).astype(np.float32)
+    box = CropBox(0, 6, 0, 0, 70, 64, 35.0, 32.0, True)
+    spacing, increment = (0.7, 0.6), 2.5
+    found = candidate_features(hu, probabilities, box, spacing, increment, 130.0, 8)
+    assert found.count > 50 and np.all(np.isfinite(found.features))
+    n = found.count
+    labels = np.arange(1, n + 1)
+    from scipy import ndimage
+
+    for prefix, side_mm in (("near", 7.0), ("wide", 17.0)):
+        size = (max(3, round(side_mm / spacing[0])) | 1, max(3, round(side_mm / spacing[1])) | 1)
+        air = hu < -250.0
+        fat = (hu >= -250.0) & (hu < -30.0)
+        calcium = hu >= 130.0
+        for name, band in (("fat", fat), ("soft", ~(air | fat | calcium)), ("air", air), ("calcium", calcium)):
+            expected = ndimage.mean(_whole_crop_box_mean(band, size), found.ids, labels)
+            np.testing.assert_allclose(_feature(found.features, f"{prefix}_{name}"), expected, rtol=1e-5, atol=1e-6)
+    # the picture's centre box on the candidate's slice (4 mm boxes) and the 8 mm box 6 mm above, centre
+    clipped = np.clip(hu, -300.0, 300.0)
+    z, r, c = (np.round(found.centres[:, k]).astype(int) for k in range(3))
+    slice_means = _whole_crop_box_mean(clipped, (round(4.0 / spacing[0]), round(4.0 / spacing[1])))
+    np.testing.assert_allclose(_feature(found.features, "slice_hu_2_2"), slice_means[z, r, c] / 300.0, rtol=1e-6)
+    above = np.clip(z + round(6.0 / increment), 0, hu.shape[0] - 1)
+    above_means = _whole_crop_box_mean(clipped, (round(8.0 / spacing[0]), round(8.0 / spacing[1])))
+    np.testing.assert_allclose(_feature(found.features, "above_hu_1_1"), above_means[above, r, c] / 300.0,
+                               rtol=1e-6)
+
+    gate = float(np.median(_feature(found.features, "p_coronary_max")))
+    gated_found = candidate_features(hu, probabilities, box, spacing, increment, 130.0, 8, gate)
+    past = gated(torch.from_numpy(found.features), gate).numpy()
+    assert 0 < past.sum() < n
+    np.testing.assert_array_equal(gated_found.features[past], found.features[past])
+    network_columns = FEATURE_NAMES.index("p_coronary_max") + 1
+    np.testing.assert_array_equal(gated_found.features[~past, :network_columns],
+                                  found.features[~past, :network_columns])
+    assert np.isnan(gated_found.features[~past, network_columns:]).all()

@@ -96,3 +96,25 @@ def test_candidate_majority_rule() -> None:
     assert (labels[0, 1:4, 6:9] == 1).all()
     assert labels[0, 0, 11] == 0
     assert np.count_nonzero(labels) == 4 + 9
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_distances_within_the_grown_box_equal_those_over_the_whole_volume(seed: int) -> None:
+    """The heart locator measures depth only inside the mask's box (one voxel larger where it can be)."""
+    from scipy import ndimage
+
+    from pipeline.heart import _grown_box
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(rng.random((12, 30, 26)) < 0.55, iterations=1)
+    mask[:, :, :3] = False  # some sides leave room for the grown voxel, others (rows) touch the edge
+    mask[:2] = False
+    sampling = (3.0, 1.7, 2.3)
+    box = _grown_box(mask)
+    assert box[0].start == 1 and box[2].start == 2
+    boxed = np.zeros(mask.shape)
+    boxed[box] = ndimage.distance_transform_edt(mask[box], sampling=sampling)
+    np.testing.assert_allclose(boxed, ndimage.distance_transform_edt(mask, sampling=sampling), rtol=1e-12)
+    cores = boxed >= 0.5 * boxed.max()
+    near = ndimage.distance_transform_edt(~cores[box], sampling=sampling)
+    np.testing.assert_allclose(near, ndimage.distance_transform_edt(~cores, sampling=sampling)[box], rtol=1e-12)

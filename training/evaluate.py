@@ -62,14 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--shifted", action="store_true", help="phantoms from the shifted (held-out) parameter ranges")
     p.add_argument("--record", action="store_true", help="store the figures in the weights file")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the model runs (the recorded figures name it; CPU is the reference)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    labeller = Labeller.load(ModelConfig(weights=args.weights), device="cpu")
+    labeller = Labeller.load(ModelConfig(weights=args.weights), device=args.device)
     seeds = range(args.first_seed, args.first_seed + args.n)
     outcomes, seconds = evaluate(labeller, seeds, args.shifted)
     figures = summarise(outcomes)
-    figures["model_seconds_per_case_cpu"] = seconds
+    figures[f"model_seconds_per_case_{args.device}"] = seconds
     name = f"phantom_{'shifted' if args.shifted else 'heldout'}_seeds_{seeds.start}-{seeds.stop - 1}"
+    if args.device != "cpu":  # the CPU figures stay the reference under the plain name
+        name += f"_{args.device}"
     print(json.dumps({name: figures}, indent=2))
     if args.record:
         weights = load_weights(args.weights)
