@@ -48,6 +48,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 ) + tuple(f"slice_hu_{i}_{j}" for i in range(5) for j in range(5)) + tuple(
     f"{side}_hu_{i}_{j}" for side in ("below", "above") for i in range(3) for j in range(3))
 N_FEATURES = len(FEATURE_NAMES)
+_NETWORK_COLUMNS = FEATURE_NAMES.index("p_coronary_max") + 1  # the network's opinion: computed for every candidate
 
 # HU bands of the context windows: lung/air, fat, soft tissue (blood, muscle), calcium/bone.
 _AIR_BELOW = -250.0
@@ -77,7 +78,8 @@ class Candidates:
     """The candidates of one heart crop and their features."""
 
     ids: np.ndarray  # int32 (z, rows, cols): 0 outside candidates, i for candidate i (1..n)
-    features: np.ndarray  # float32 (n, N_FEATURES), row i - 1 for candidate i
+    features: np.ndarray  # float32 (n, N_FEATURES), row i - 1 for candidate i; NaN past the network's
+    # columns for a candidate under the gate (``candidate_features``)
     centres: np.ndarray  # float64 (n, 3): mean (z, row, col) voxel index of each candidate
 
     @property
@@ -131,7 +133,7 @@ def candidate_features(
     coronary_max = per_candidate.max(1.0 - voxel_probs[0])
     centre = tuple(per_candidate.mean(v.astype(np.float64)) for v in (z, r, c))
     features = np.full((n, N_FEATURES), np.nan, dtype=np.float32)
-    features[:, :6] = np.column_stack([mean_probs, coronary_max])
+    features[:, :_NETWORK_COLUMNS] = np.column_stack([mean_probs, coronary_max])
 
     # The costly columns only for the candidates past the gate (the others are never looked at).
     full = np.flatnonzero(coronary_max >= gate)
@@ -149,7 +151,7 @@ def candidate_features(
         col_mm = (centre[2] + 0.5 - box.centre_col) * pixel_spacing_mm[1]
         near, wide = _context(hu_crop, pixel_spacing_mm, (_NEAR_MM, _WIDE_MM), z, r, c, which, kept.mean)
         picture = _picture(hu_crop, pixel_spacing_mm, increment_mm, tuple(v[full] for v in centre))
-        features[full, 6:] = np.column_stack([
+        features[full, _NETWORK_COLUMNS:] = np.column_stack([
             np.log(size * pixel_area)[full], kept.max(values)[full] / 1000.0, kept.mean(values)[full] / 1000.0,
             np.log(volume)[full], z_extent[full] / 10.0, inplane_extent[full] / 10.0,
             z_mm[full] / 100.0, row_mm[full] / 100.0, col_mm[full] / 100.0,
@@ -170,8 +172,8 @@ class _PerCandidate:
         self.starts = (np.cumsum(counts) - counts)[self.present]
 
     def mean(self, values: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):  # absent candidates: 0 / size, never read
-            return np.bincount(self.which, weights=values, minlength=self.size.size) / self.size
+        """Per candidate (0 for a candidate without voxels in ``which``)."""
+        return np.bincount(self.which, weights=values, minlength=self.size.size) / self.size
 
     def max(self, values: np.ndarray) -> np.ndarray:
         out = np.full(self.size.size, -np.inf)
