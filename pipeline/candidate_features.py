@@ -136,9 +136,10 @@ def candidate_features(
     features[:, :_NETWORK_COLUMNS] = np.column_stack([mean_probs, coronary_max])
 
     # The costly columns only for the candidates past the gate (the others are never looked at).
-    full = np.flatnonzero(coronary_max >= gate)
+    past = coronary_max >= gate
+    full = np.flatnonzero(past)
     if full.size:
-        keep = (coronary_max >= gate)[which]
+        keep = past[which]
         z, r, c, which = z[keep], r[keep], c[keep], which[keep]
         kept = _PerCandidate(which, size)  # every voxel of a kept candidate is kept: same sizes
         values = hu_crop[z, r, c].astype(np.float64)
@@ -149,7 +150,7 @@ def candidate_features(
         z_mm = (centre[0] - (hu_crop.shape[0] - 1) / 2.0) * increment_mm
         row_mm = (centre[1] + 0.5 - box.centre_row) * pixel_spacing_mm[0]
         col_mm = (centre[2] + 0.5 - box.centre_col) * pixel_spacing_mm[1]
-        near, wide = _context(hu_crop, pixel_spacing_mm, (_NEAR_MM, _WIDE_MM), z, r, c, which, kept.mean)
+        near, wide = _context(hu_crop, pixel_spacing_mm, (_NEAR_MM, _WIDE_MM), z, r, c, kept)
         picture = _picture(hu_crop, pixel_spacing_mm, increment_mm, tuple(v[full] for v in centre))
         features[full, _NETWORK_COLUMNS:] = np.column_stack([
             np.log(size * pixel_area)[full], kept.max(values)[full] / 1000.0, kept.mean(values)[full] / 1000.0,
@@ -166,10 +167,11 @@ class _PerCandidate:
 
     def __init__(self, which: np.ndarray, size: np.ndarray) -> None:
         self.which, self.size = which, size
-        self.order = np.argsort(which, kind="stable")
+        self.order = np.argsort(which, kind="stable")  # the voxels grouped by candidate
         counts = np.bincount(which, minlength=size.size)
         self.present = counts > 0
-        self.starts = (np.cumsum(counts) - counts)[self.present]
+        self.counts = counts[self.present]  # voxels per group, groups in candidate order
+        self.starts = np.cumsum(self.counts) - self.counts
 
     def mean(self, values: np.ndarray) -> np.ndarray:
         """Per candidate (0 for a candidate without voxels in ``which``)."""
@@ -178,8 +180,12 @@ class _PerCandidate:
     def max(self, values: np.ndarray) -> np.ndarray:
         out = np.full(self.size.size, -np.inf)
         if self.which.size:
-            out[self.present] = np.maximum.reduceat(values[self.order], self.starts)
+            out[self.present] = self.per_group(np.maximum, values)
         return out
+
+    def per_group(self, ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:
+        """``ufunc`` reduced over each present candidate's voxels, in candidate order."""
+        return ufunc.reduceat(values[self.order], self.starts)
 
 
 def _object_features(
@@ -205,7 +211,7 @@ def _object_features(
 
 
 def _context(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], sides_mm: tuple[float, ...],
-             z: np.ndarray, r: np.ndarray, c: np.ndarray, which: np.ndarray, mean_of) -> list[np.ndarray]:
+             z: np.ndarray, r: np.ndarray, c: np.ndarray, per_candidate: _PerCandidate) -> list[np.ndarray]:
     """Per candidate and window side, the share of fat, soft tissue, air and calcium in the in-plane window.
 
     A candidate lies on one slice: each is filtered on the block its windows
@@ -216,12 +222,11 @@ def _context(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], sides_m
              for side in sides_mm]
     reach = np.array([max(s[0] for s in sizes) // 2, max(s[1] for s in sizes) // 2])
     shares = np.empty((len(sizes), 4, z.size))
-    order = np.argsort(which, kind="stable")
-    starts = np.flatnonzero(np.diff(which[order], prepend=-1))
-    first = order[starts]  # one voxel per candidate: its slice
-    low = np.stack([np.minimum.reduceat(v[order], starts) for v in (r, c)], axis=1)
-    span = np.stack([np.maximum.reduceat(v[order], starts) for v in (r, c)], axis=1) - low + 1
-    slot = np.repeat(np.arange(starts.size), np.diff(np.append(starts, z.size)))  # candidate slot per sorted voxel
+    order = per_candidate.order
+    first = order[per_candidate.starts]  # one voxel per candidate: its slice
+    low = np.stack([per_candidate.per_group(np.minimum, v) for v in (r, c)], axis=1)
+    span = np.stack([per_candidate.per_group(np.maximum, v) for v in (r, c)], axis=1) - low + 1
+    slot = np.repeat(np.arange(per_candidate.counts.size), per_candidate.counts)  # candidate slot per sorted voxel
     # Blocks of like size together (spans rounded up to a power of two): one big candidate
     # does not inflate the blocks of the many small ones.
     bucket = np.maximum(np.ceil(np.log2(span.max(axis=1))), 3).astype(int)
@@ -237,7 +242,7 @@ def _context(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], sides_m
             for i, band in enumerate(bands):
                 share = ndimage.uniform_filter(band, size=(1, *size), mode="nearest")
                 shares[s, i, order[voxels]] = share[at]
-    return [np.column_stack([mean_of(v) for v in per_size]) for per_size in shares]
+    return [np.column_stack([per_candidate.mean(v) for v in per_size]) for per_size in shares]
 
 
 def _bands(hu: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from pipeline.arteries import N_CLASSES
 from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide, gated
@@ -292,8 +293,6 @@ def test_easy_background_is_subsampled_and_reweighted() -> None:
 
 
 def _whole_crop_box_mean(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from scipy import ndimage
-
     return ndimage.uniform_filter(image.astype(np.float32), size=(1, *size), mode="nearest")
 
 
@@ -311,8 +310,6 @@ def test_block_wise_features_equal_whole_crop_filters_and_the_gate_skips_only_ro
     assert found.count > 50 and np.all(np.isfinite(found.features))
     n = found.count
     labels = np.arange(1, n + 1)
-    from scipy import ndimage
-
     for prefix, side_mm in (("near", 7.0), ("wide", 17.0)):
         size = (max(3, round(side_mm / spacing[0])) | 1, max(3, round(side_mm / spacing[1])) | 1)
         air = hu < -250.0
