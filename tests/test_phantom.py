@@ -208,3 +208,64 @@ def test_phantom_command_writes_cases_in_parallel(tmp_path: Path) -> None:
         truth = json.loads((folder / "truth.json").read_text())
         assert truth == generate_case(seed).truth
         assert len(list((folder / "dicom").iterdir())) == draw_params(seed).grid.n_slices
+
+
+def test_hard_ostia_adds_aortic_wall_calcium_beside_the_ostia_and_nothing_else(zero_case: PhantomCase) -> None:
+    hard = generate_case(ZERO_SEED, hard_ostia=True)
+    plain_params, hard_params = draw_params(ZERO_SEED), hard.params
+    assert hard_params.calcium.n_ostial_wall >= 2 and plain_params.calcium.n_ostial_wall == 0
+    assert hard_params.heart == plain_params.heart and hard_params.grid == plain_params.grid
+    assert hard.datasets[0].SOPInstanceUID != zero_case.datasets[0].SOPInstanceUID  # never the plain case's UIDs
+    plain_blobs, hard_blobs = zero_case.distractor_blobs, hard.distractor_blobs
+    n = len(plain_blobs)
+    assert len(hard_blobs) > n
+    for a, b in zip(plain_blobs, hard_blobs[:n]):  # the case's own distractors stay where they were
+        assert np.array_equal(a.center, b.center) and a.kind == b.kind
+    thorax = build_thorax(hard_params)
+    for blob in hard_blobs[n:]:
+        rel = blob.center - thorax.frame.root
+        assert blob.kind == "aortic wall" and blob.label == 0
+        assert -4.0 <= rel[2] <= 9.0  # from below the ostia (z = 0, the root's centre at -5) to just above
+        assert abs(np.hypot(rel[0], rel[1]) - hard_params.heart.root_radius) < 1.5
+    # Only the new calcium is new: away from it the volumes are the same, and it is never labelled coronary.
+    assert not hard.labels.any() and not zero_case.labels.any()
+    changed = np.abs(hard.hu - zero_case.hu) > 0
+    assert changed.any() and np.count_nonzero(changed) < 0.001 * changed.size
+
+
+def test_no_distractor_reaches_a_coronary_wall() -> None:
+    """Aortic or annulus calcium touching a coronary lumen is that artery's calcium, never a distractor.
+
+    Seed 910047 drew an aortic-root calcification across the right coronary ostium
+    (a false lesion of the bundled model 1.2.0); the rule drops it and leaves the
+    case's other distractors where they were.
+    """
+    from training.phantom import coronary
+
+    for seed in (910047, 920082, 9, 3):
+        params = draw_params(seed)
+        thorax = build_thorax(params)
+        vessels = coronary.coronary_tree(params, thorax)
+        plaques = coronary.plaques(params, vessels, thorax)
+        kept = coronary.distractors(params, thorax, plaques, vessels)
+        unchecked = coronary.distractors(params, thorax, plaques)
+        assert [b.center.tolist() for b in kept] == [
+            b.center.tolist() for b in unchecked
+            if min(coronary._lumen_clearance(p, vessels) for p in b.center + (coronary._SPHERE * b.semi) @ b.axes)
+            >= 1.0]
+        for blob in kept:
+            surface = blob.center + (coronary._SPHERE * blob.semi) @ blob.axes
+            assert min(coronary._lumen_clearance(p, vessels) for p in surface) >= 1.0
+        if seed in (910047, 920082):
+            assert len(kept) == len(unchecked) - 1
+
+
+def test_lumen_clearance_is_the_distance_to_the_vessel_surface() -> None:
+    from training.phantom import coronary
+
+    vessel = coronary.Vessel("LAD", np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]]), np.array([2.0, 1.0]))
+    assert coronary._lumen_clearance(np.array([5.0, 4.0, 0.0]), (vessel,)) == pytest.approx(4.0 - 1.5)
+    assert coronary._lumen_clearance(np.array([-3.0, 0.0, 4.0]), (vessel,)) == pytest.approx(5.0 - 2.0)
+    assert coronary._lumen_clearance(np.array([5.0, 0.5, 0.0]), (vessel,)) < 0  # inside the lumen
+    assert coronary._lumen_clearance(np.array([5.0, 0.5, 0.0]), ()) == np.inf
+    assert np.allclose(np.linalg.norm(coronary._SPHERE, axis=1), 1.0)

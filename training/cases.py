@@ -26,6 +26,7 @@ from pipeline.arteries import ARTERY_NAMES
 from pipeline.heart import HeartLocation
 from pipeline.preprocess import AIR_HU, CropAroundHeart, Preprocess, extract
 from pipeline.scoring import ScoringProfile, score_calcium
+from training.phantom import REVISION
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +50,25 @@ class PhantomSource:
 
     seed: int
     shifted: bool = False
+    hard_ostia: bool = False  # extra aortic-wall calcifications beside the ostia (classifier training)
 
     @property
     def key(self) -> str:
-        return f"phantom-{'shifted-' if self.shifted else ''}{self.seed}"
+        # The generator's revision: a cached case or candidate row of an older generator is not this phantom.
+        variant = f"{'shifted-' if self.shifted else ''}{'hard-ostia-' if self.hard_ostia else ''}"
+        return f"phantom-r{REVISION}-{variant}{self.seed}"
 
     def load(self) -> TrainingCase:
         from training.phantom.generate import generate_case
 
-        case = generate_case(self.seed, shifted=self.shifted)
+        case = generate_case(self.seed, shifted=self.shifted, hard_ostia=self.hard_ostia)
         spacing, increment = phantom_geometry(case.datasets)
         return TrainingCase(self.key, case.hu, case.labels, spacing, increment)
 
 
-def phantoms(first_seed: int, n: int) -> list[PhantomSource]:
+def phantoms(first_seed: int, n: int, hard_ostia: bool = False) -> list[PhantomSource]:
     """The phantoms of seeds ``first_seed .. first_seed + n - 1``."""
-    return [PhantomSource(seed) for seed in range(first_seed, first_seed + n)]
+    return [PhantomSource(seed, hard_ostia=hard_ostia) for seed in range(first_seed, first_seed + n)]
 
 
 def phantom_geometry(datasets: Sequence[Dataset]) -> tuple[tuple[float, float], float]:

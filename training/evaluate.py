@@ -12,7 +12,8 @@ or the candidate majority rule for a file without one) and
 compared with the phantom's truth labels (``training.metrics``).  Seeds from
 900000 on are never used by training (``[training]`` uses 10000+ and 20000+).
 ``--record`` stores the figures in the weights file's ``validation`` field
-(the UID is kept: the weights do not change).
+under a name with the generator's revision (the UID is kept: the weights do
+not change).  Figures recorded before revision 2 carry no revision.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pipeline.scoring import ScoringProfile
 from pipeline.weights import load_weights, save_weights
 from training.cases import phantom_geometry
 from training.metrics import CaseOutcome, case_outcome, summarise
+from training.phantom import REVISION
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     outcomes, seconds = evaluate(labeller, seeds, args.shifted)
     figures = summarise(outcomes)
     figures[f"model_seconds_per_case_{args.device}"] = seconds
-    name = f"phantom_{'shifted' if args.shifted else 'heldout'}_seeds_{seeds.start}-{seeds.stop - 1}"
+    # The generator's revision is part of the name: the same seeds of another revision are other cases.
+    name = f"phantom_r{REVISION}_{'shifted' if args.shifted else 'heldout'}_seeds_{seeds.start}-{seeds.stop - 1}"
     if args.device != "cpu":  # the CPU figures stay the reference under the plain name
         name += f"_{args.device}"
     print(json.dumps({name: figures}, indent=2))

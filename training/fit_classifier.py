@@ -51,13 +51,18 @@ def add_classifier(weights: WeightsFile, sources: Sequence[CaseSource], cache_di
 
 
 def _describe(sources: Sequence[CaseSource]) -> dict[str, object]:
-    seeds = [s.seed for s in sources if isinstance(s, PhantomSource)]
-    return {
+    plain = [s.seed for s in sources if isinstance(s, PhantomSource) and not s.hard_ostia]
+    hard = [s.seed for s in sources if isinstance(s, PhantomSource) and s.hard_ostia]
+    described: dict[str, object] = {
         "cases": len(sources),
-        "phantoms": len(seeds),
-        "phantom_seeds": [min(seeds), max(seeds)] if seeds else [],
+        "phantoms": len(plain) + len(hard),
+        "phantom_seeds": [min(plain), max(plain)] if plain else [],
         "generator": "training.phantom.generate (cacnode synthetic calcium-scoring CT)",
     }
+    if hard:
+        described["hard_ostia_phantoms"] = len(hard)
+        described["hard_ostia_seeds"] = [min(hard), max(hard)]
+    return described
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, help="weights file to write (default: overwrite the input)")
     p.add_argument("--cache", type=Path, default=Path("var/training/candidates"))
     p.add_argument("--wide-view", action="store_true", help="add the wide-view branch (model card: neutral so far)")
+    p.add_argument("--hard-ostia", type=int, default=0, metavar="N",
+                   help="N more phantoms with extra aortic-wall calcifications beside the coronary ostia")
+    p.add_argument("--hard-ostia-first-seed", type=int, default=70000)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    weights = add_classifier(load_weights(args.weights), phantoms(args.first_seed, args.n), args.cache,
+    sources = phantoms(args.first_seed, args.n) + phantoms(args.hard_ostia_first_seed, args.hard_ostia, hard_ostia=True)
+    weights = add_classifier(load_weights(args.weights), sources, args.cache,
                              workers=args.workers, epochs=args.epochs, version=args.version,
                              config=ClassifierConfig(wide_channels=WIDE_CHANNELS if args.wide_view else 0))
     output = args.output or args.weights

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.arteries import BY_NAME
 from training.phantom.anatomy import HeartFrame, Thorax
-from training.phantom.params import PhantomParams
+from training.phantom.params import HeartParams, PhantomParams
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,54 @@ def plaques(params: PhantomParams, vessels: tuple[Vessel, ...], thorax: Thorax) 
     return out
 
 
-def distractors(params: PhantomParams, thorax: Thorax, avoid: list[Blob]) -> list[Blob]:
-    """Aortic wall, aortic valve and mitral annulus calcifications, kept clear of every plaque."""
+_CORONARY_WALL_MM = 1.0
+
+
+def _fibonacci_sphere(n: int) -> np.ndarray:
+    """``n`` points spread evenly over the unit sphere (n, 3)."""
+    k = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * k / n
+    phi = np.pi * (1.0 + 5.0**0.5) * k
+    ring = np.sqrt(1.0 - z * z)
+    return np.column_stack([ring * np.cos(phi), ring * np.sin(phi), z])
+
+
+_SPHERE = _fibonacci_sphere(96)  # where a distractor's surface is checked against the coronary walls
+
+
+def _lumen_clearance(point: np.ndarray, vessels: tuple[Vessel, ...]) -> float:
+    """Distance (mm) from ``point`` to the nearest coronary lumen (inf without vessels)."""
+    best = np.inf
+    for v in vessels:
+        a, b = v.points[:-1], v.points[1:]
+        ab = b - a
+        t = np.clip(np.einsum("ij,ij->i", point - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-12), 0, 1)
+        distance = np.linalg.norm(a + t[:, None] * ab - point, axis=1)
+        radius = v.radii[:-1] + t * (v.radii[1:] - v.radii[:-1])
+        best = min(best, float((distance - radius).min()))
+    return best
+
+
+def _ascending_wall(thorax: Thorax, heart: HeartParams, z: float, angle: float) -> np.ndarray:
+    """A point on the wall of the aortic root (up to z = 3) or the ascending aorta, at height ``z``.
+
+    Below the root's centre the point stays at the centre's height (the axis starts there).
+    """
+    axis = thorax.ascending
+    t = np.clip((z - axis.a[2]) / max(axis.b[2] - axis.a[2], 1e-6), 0, 1)
+    centre = axis.a + t * (axis.b - axis.a)
+    r = heart.asc_radius if z > 3 else heart.root_radius
+    return centre + r * np.array([np.cos(angle), np.sin(angle), 0.0])
+
+
+def distractors(params: PhantomParams, thorax: Thorax, avoid: list[Blob],
+                vessels: tuple[Vessel, ...] = ()) -> list[Blob]:
+    """Aortic wall, aortic valve and mitral annulus calcifications, kept clear of every plaque.
+
+    None reaches a coronary artery's wall (``vessels``); the extra ostial
+    aortic-wall calcifications (``CalciumParams.n_ostial_wall``) are placed
+    beside the LM and RCA ostia.
+    """
     c, h, f = params.calcium, params.heart, thorax.frame
     rng = np.random.default_rng([params.seed, 1 if params.shifted else 0, 0xD157])
     out: list[Blob] = []
@@ -170,21 +216,24 @@ def distractors(params: PhantomParams, thorax: Thorax, avoid: list[Blob]) -> lis
                 return
         axes = _frame_at(rng.normal(size=3), rng)
         semi = size * np.array([rng.uniform(1.0, 2.2), rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)])
-        out.append(Blob(center, axes, semi, float(rng.uniform(250.0, 1200.0)), 0, kind))
+        hu = float(rng.uniform(250.0, 1200.0))
+        # Calcium reaching a coronary artery's wall (lumen + 1 mm) is that artery's calcium for a reader,
+        # whatever it grew from: such a spot cannot be a distractor.  Checked after the draws, so a
+        # rejected spot leaves the other distractors of the case as they were.
+        surface = center + (_SPHERE * semi) @ axes
+        if vessels and min(_lumen_clearance(point, vessels) for point in surface) < _CORONARY_WALL_MM:
+            return
+        out.append(Blob(center, axes, semi, hu, 0, kind))
 
     top = params.grid.origin_mm[2] + params.grid.increment_mm * params.grid.n_slices
     for _ in range(c.n_aortic_wall):
         ang = rng.uniform(0, 2 * np.pi)
         if rng.random() < 0.5:  # ascending aorta and root, some next to the ostia
-            z = float(rng.uniform(-6.0, min(top, 40.0)))
-            axis = thorax.ascending
-            t = np.clip((z - axis.a[2]) / max(axis.b[2] - axis.a[2], 1e-6), 0, 1)
-            centre = axis.a + t * (axis.b - axis.a)
-            r = h.asc_radius if z > 3 else h.root_radius
+            point = _ascending_wall(thorax, h, float(rng.uniform(-6.0, min(top, 40.0))), ang)
         else:  # descending aorta
             dx, dy, r = thorax.aorta_desc
             centre = np.array([dx, dy, float(rng.uniform(params.grid.origin_mm[2], top))])
-        point = centre + r * np.array([np.cos(ang), np.sin(ang), 0.0])
+            point = centre + r * np.array([np.cos(ang), np.sin(ang), 0.0])
         add(point, float(rng.uniform(0.6, 2.5)), "aortic wall")
     for _ in range(c.n_aortic_valve):
         ang = rng.uniform(0, 2 * np.pi)
@@ -193,4 +242,15 @@ def distractors(params: PhantomParams, thorax: Thorax, avoid: list[Blob]) -> lis
     for _ in range(c.n_mitral):
         phi = rng.uniform(60.0, 200.0)
         add(f.surface(-0.75, float(phi), -h.radius_q * 0.15), float(rng.uniform(1.0, 3.0)), "mitral annulus")
+    ostia = [v.points[0] for v in vessels if v.name in ("LM", "RCA")]
+    if c.n_ostial_wall and ostia:
+        rng = np.random.default_rng([params.seed, 1 if params.shifted else 0, 0x0571, 1])
+        for _ in range(c.n_ostial_wall):
+            # On the root's wall (as above) from below the ostia to just above them, within 45 degrees of one.
+            ostium = ostia[int(rng.integers(len(ostia)))] - f.root
+            ang = np.arctan2(ostium[1], ostium[0]) + np.radians(rng.uniform(-45.0, 45.0))
+            z = float(rng.uniform(-9.0, 4.0))
+            point = _ascending_wall(thorax, h, z, float(ang))
+            point[2] = z  # the root reaches below its centre (z = -5), where the axis above stops
+            add(point, float(rng.uniform(0.6, 2.5)), "aortic wall")
     return out

@@ -92,7 +92,7 @@ def render_volume(
     labels = np.zeros(hu.shape, np.uint8)
     distractor = np.zeros(hu.shape, bool)
     plaque_blobs = coronary.plaques(params, vessels, thorax)
-    other = coronary.distractors(params, thorax, plaque_blobs)
+    other = coronary.distractors(params, thorax, plaque_blobs, vessels)
     physics.render_blobs(hu, labels, distractor, g, other, scan.psf_sigma_mm)
     physics.render_blobs(hu, labels, distractor, g, plaque_blobs, scan.psf_sigma_mm)
     labels[distractor] = 0  # a voxel raised by a distractor is never coronary calcium
@@ -136,12 +136,18 @@ def quantise(hu: np.ndarray, stored: str, intercept: float) -> np.ndarray:
 
 def case_uid(params: PhantomParams, *parts: object) -> str:
     """A UID fixed by the seed (and ``parts``), so the same seed gives the same bytes."""
-    return generate_uid(entropy_srcs=["cacnode-phantom", str(params.seed), str(params.shifted), *map(str, parts)])
+    variant = ["hard-ostia"] if params.calcium.n_ostial_wall else []  # not the plain seed's UIDs
+    return generate_uid(entropy_srcs=["cacnode-phantom", str(params.seed), str(params.shifted), *variant,
+                                      *map(str, parts)])
 
 
-def generate_case(seed: int, shifted: bool = False) -> PhantomCase:
-    """Generate phantom case ``seed`` (from the shifted ranges when ``shifted``)."""
-    params = draw_params(seed, shifted)
+def generate_case(seed: int, shifted: bool = False, hard_ostia: bool = False) -> PhantomCase:
+    """Generate phantom case ``seed`` (from the shifted ranges when ``shifted``).
+
+    ``hard_ostia``: the same case with extra aortic-wall calcifications beside
+    the coronary ostia (``draw_params``), for training the lesion classifier.
+    """
+    params = draw_params(seed, shifted, hard_ostia)
     g, scan = params.grid, params.scan
     raw, labels, distractor, plaque_blobs, other = render_volume(params)
     hu = quantise(raw, scan.stored, scan.intercept)

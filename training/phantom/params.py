@@ -27,6 +27,7 @@ parameter families exist:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -138,6 +139,9 @@ class CalciumParams:
     n_aortic_valve: int
     n_mitral: int
     n_spikes: int
+    # Extra aortic-wall calcifications at the level of the coronary ostia, next to them
+    # (``draw_params(..., hard_ostia=True)``, classifier training only; 0 in every standard or shifted case).
+    n_ostial_wall: int = 0
 
 
 @dataclass(frozen=True)
@@ -167,8 +171,14 @@ def _either(rng: np.random.Generator, low: tuple[float, float], high: tuple[floa
     return float(rng.uniform(a, b))
 
 
-def draw_params(seed: int, shifted: bool = False) -> PhantomParams:
-    """Draw all parameters of case ``seed`` (see the module docstring for the ranges)."""
+def draw_params(seed: int, shifted: bool = False, hard_ostia: bool = False) -> PhantomParams:
+    """Draw all parameters of case ``seed`` (see the module docstring for the ranges).
+
+    ``hard_ostia`` adds 2-4 aortic-wall calcifications beside the coronary
+    ostia (``CalciumParams.n_ostial_wall``) and changes nothing else: the
+    hardest false positives of the lesion classifier, made common for
+    training it.
+    """
     rng = np.random.default_rng([seed, 1 if shifted else 0, 0x9A17])
     size = float(rng.beta(2.0, 2.0))  # 0 small ... 1 obese
     if shifted:
@@ -279,6 +289,9 @@ def draw_params(seed: int, shifted: bool = False) -> PhantomParams:
         calcium_gain={100.0: 1.12, 120.0: 1.0, 140.0: 0.93}[kvp],
     )
     calcium = _draw_calcium(rng, shifted)
+    if hard_ostia:  # its own stream: the rest of the case stays that of the plain seed
+        extra = int(np.random.default_rng([seed, 1 if shifted else 0, 0x0571]).integers(2, 5))
+        calcium = dataclasses.replace(calcium, n_ostial_wall=extra)
     return PhantomParams(seed, shifted, grid, body, heart, scan, calcium)
 
 
