@@ -6,7 +6,8 @@ bifurcation, the LAD down the anterior interventricular groove to the apex,
 the LCX round the left atrioventricular groove, the RCA round the right
 atrioventricular groove to the posterior descending artery.  Each plaque is a
 small ellipsoid on the vessel wall with its artery's label; distractors are
-ellipsoids with label 0 on the aortic wall, aortic valve and mitral annulus.
+ellipsoids with label 0 on the aortic wall, aortic valve and mitral annulus,
+none reaching a coronary artery's wall (generator revision 2).
 """
 
 from __future__ import annotations
@@ -202,9 +203,10 @@ def distractors(params: PhantomParams, thorax: Thorax, avoid: list[Blob],
                 vessels: tuple[Vessel, ...] = ()) -> list[Blob]:
     """Aortic wall, aortic valve and mitral annulus calcifications, kept clear of every plaque.
 
-    None reaches a coronary artery's wall (``vessels``); the extra ostial
-    aortic-wall calcifications (``CalciumParams.n_ostial_wall``) are placed
-    beside the LM and RCA ostia.
+    None reaches a coronary artery's wall (``vessels``; without them, as in
+    some tests, nothing is checked against the arteries and no ostial
+    calcification is placed); the extra ostial aortic-wall calcifications
+    (``CalciumParams.n_ostial_wall``) are placed beside the LM and RCA ostia.
     """
     c, h, f = params.calcium, params.heart, thorax.frame
     rng = np.random.default_rng([params.seed, 1 if params.shifted else 0, 0xD157])
