@@ -251,11 +251,10 @@ def test_no_distractor_reaches_a_coronary_wall() -> None:
         unchecked = coronary.distractors(params, thorax, plaques)
         assert [b.center.tolist() for b in kept] == [
             b.center.tolist() for b in unchecked
-            if min(coronary._lumen_clearance(p, vessels) for p in b.center + (coronary._SPHERE * b.semi) @ b.axes)
-            >= 1.0]
+            if coronary._lumen_clearance(b.center + (coronary._SPHERE * b.semi) @ b.axes, vessels) >= 1.0]
         for blob in kept:
             surface = blob.center + (coronary._SPHERE * blob.semi) @ blob.axes
-            assert min(coronary._lumen_clearance(p, vessels) for p in surface) >= 1.0
+            assert coronary._lumen_clearance(surface, vessels) >= 1.0
         if seed in (910047, 920082):
             assert len(kept) == len(unchecked) - 1
 
@@ -264,8 +263,13 @@ def test_lumen_clearance_is_the_distance_to_the_vessel_surface() -> None:
     from training.phantom import coronary
 
     vessel = coronary.Vessel("LAD", np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]]), np.array([2.0, 1.0]))
-    assert coronary._lumen_clearance(np.array([5.0, 4.0, 0.0]), (vessel,)) == pytest.approx(4.0 - 1.5)
-    assert coronary._lumen_clearance(np.array([-3.0, 0.0, 4.0]), (vessel,)) == pytest.approx(5.0 - 2.0)
-    assert coronary._lumen_clearance(np.array([5.0, 0.5, 0.0]), (vessel,)) < 0  # inside the lumen
-    assert coronary._lumen_clearance(np.array([5.0, 0.5, 0.0]), ()) == np.inf
+    def clearance(*point: float) -> float:
+        return coronary._lumen_clearance(np.array([point]), (vessel,))
+
+    assert clearance(5.0, 4.0, 0.0) == pytest.approx(4.0 - 1.5)
+    assert clearance(-3.0, 0.0, 4.0) == pytest.approx(5.0 - 2.0)  # beyond the segment's end: to the end point
+    assert clearance(5.0, 0.5, 0.0) < 0  # inside the lumen
+    far, near = np.array([[5.0, 9.0, 0.0]]), np.array([[12.0, 0.0, 3.0]])
+    assert coronary._lumen_clearance(np.vstack([far, near]), (vessel,)) == pytest.approx(np.hypot(2.0, 3.0) - 1.0)
+    assert coronary._lumen_clearance(far, ()) == np.inf
     assert np.allclose(np.linalg.norm(coronary._SPHERE, axis=1), 1.0)

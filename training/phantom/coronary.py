@@ -174,15 +174,15 @@ def _fibonacci_sphere(n: int) -> np.ndarray:
 _SPHERE = _fibonacci_sphere(96)  # where a distractor's surface is checked against the coronary walls
 
 
-def _lumen_clearance(point: np.ndarray, vessels: tuple[Vessel, ...]) -> float:
-    """Distance (mm) from ``point`` to the nearest coronary lumen (inf without vessels)."""
+def _lumen_clearance(points: np.ndarray, vessels: tuple[Vessel, ...]) -> float:
+    """Smallest distance (mm) from any of ``points`` (n, 3) to a coronary lumen (inf without vessels)."""
     best = np.inf
     for v in vessels:
-        a, b = v.points[:-1], v.points[1:]
-        ab = b - a
-        t = np.clip(np.einsum("ij,ij->i", point - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-12), 0, 1)
-        distance = np.linalg.norm(a + t[:, None] * ab - point, axis=1)
-        radius = v.radii[:-1] + t * (v.radii[1:] - v.radii[:-1])
+        a, ab = v.points[:-1], np.diff(v.points, axis=0)  # segments
+        to_point = points[:, None, :] - a[None]  # (points, segments, 3)
+        t = np.clip(np.einsum("psk,sk->ps", to_point, ab) / np.maximum(np.einsum("sk,sk->s", ab, ab), 1e-12), 0, 1)
+        distance = np.linalg.norm(to_point - t[..., None] * ab[None], axis=2)
+        radius = v.radii[:-1] + t * np.diff(v.radii)
         best = min(best, float((distance - radius).min()))
     return best
 
@@ -223,7 +223,7 @@ def distractors(params: PhantomParams, thorax: Thorax, avoid: list[Blob],
         # whatever it grew from: such a spot cannot be a distractor.  Checked after the draws, so a
         # rejected spot leaves the other distractors of the case as they were.
         surface = center + (_SPHERE * semi) @ axes
-        if vessels and min(_lumen_clearance(point, vessels) for point in surface) < _CORONARY_WALL_MM:
+        if _lumen_clearance(surface, vessels) < _CORONARY_WALL_MM:
             return
         out.append(Blob(center, axes, semi, hu, 0, kind))
 
