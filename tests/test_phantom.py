@@ -252,11 +252,9 @@ def test_no_distractor_reaches_a_coronary_wall() -> None:
         kept = coronary.distractors(params, thorax, plaques, vessels)
         unchecked = coronary.distractors(params, thorax, plaques)
         assert [b.center.tolist() for b in kept] == [
-            b.center.tolist() for b in unchecked
-            if coronary._lumen_clearance(b.center + (coronary._SPHERE * b.semi) @ b.axes, vessels) >= 1.0]
+            b.center.tolist() for b in unchecked if coronary._lumen_clearance(b.surface(), vessels) >= 1.0]
         for blob in kept:
-            surface = blob.center + (coronary._SPHERE * blob.semi) @ blob.axes
-            assert coronary._lumen_clearance(surface, vessels) >= 1.0
+            assert coronary._lumen_clearance(blob.surface(), vessels) >= 1.0
         if seed in (910047, 920082):
             assert len(kept) == len(unchecked) - 1
 
@@ -276,3 +274,6 @@ def test_lumen_clearance_is_the_distance_to_the_vessel_surface() -> None:
     assert coronary._lumen_clearance(np.vstack([far, near]), (vessel,)) == pytest.approx(np.hypot(2.0, 3.0) - 1.0)
     assert coronary._lumen_clearance(far, ()) == np.inf
     assert np.allclose(np.linalg.norm(coronary._SPHERE, axis=1), 1.0)
+    blob = coronary.Blob(np.array([1.0, 2.0, 3.0]), np.eye(3)[[2, 0, 1]], np.array([3.0, 2.0, 1.0]), 400.0, 0, "x")
+    on = blob.surface() - blob.center  # semi 3 along z, 2 along x, 1 along y
+    assert np.allclose((on[:, 2] / 3.0) ** 2 + (on[:, 0] / 2.0) ** 2 + on[:, 1] ** 2, 1.0)

@@ -52,6 +52,10 @@ class Blob:
     label: int
     kind: str  # "plaque", "aortic wall", "aortic valve", "mitral annulus"
 
+    def surface(self) -> np.ndarray:
+        """Points spread over the ellipsoid's surface (``_SPHERE`` mapped onto it), (n, 3) mm."""
+        return self.center + (_SPHERE * self.semi) @ self.axes
+
 
 def _ring(frame: HeartFrame, s: float, phis: np.ndarray, margin: float) -> list[np.ndarray]:
     return [frame.surface(s, float(phi), margin) for phi in phis]
@@ -171,7 +175,7 @@ def _fibonacci_sphere(n: int) -> np.ndarray:
     return np.column_stack([ring * np.cos(phi), ring * np.sin(phi), z])
 
 
-_SPHERE = _fibonacci_sphere(96)  # where a distractor's surface is checked against the coronary walls
+_SPHERE = _fibonacci_sphere(96)  # where a distractor's surface is checked against the coronary walls (``Blob.surface``)
 
 
 def _lumen_clearance(points: np.ndarray, vessels: tuple[Vessel, ...]) -> float:
@@ -218,14 +222,13 @@ def distractors(params: PhantomParams, thorax: Thorax, avoid: list[Blob],
                 return
         axes = _frame_at(rng.normal(size=3), rng)
         semi = size * np.array([rng.uniform(1.0, 2.2), rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)])
-        hu = float(rng.uniform(250.0, 1200.0))
+        blob = Blob(center, axes, semi, float(rng.uniform(250.0, 1200.0)), 0, kind)
         # Calcium reaching a coronary artery's wall (lumen + 1 mm) is that artery's calcium for a reader,
         # whatever it grew from: such a spot cannot be a distractor.  Checked after the draws, so a
         # rejected spot leaves the other distractors of the case as they were.
-        surface = center + (_SPHERE * semi) @ axes
-        if _lumen_clearance(surface, vessels) < _CORONARY_WALL_MM:
+        if _lumen_clearance(blob.surface(), vessels) < _CORONARY_WALL_MM:
             return
-        out.append(Blob(center, axes, semi, hu, 0, kind))
+        out.append(blob)
 
     top = params.grid.origin_mm[2] + params.grid.increment_mm * params.grid.n_slices
     for _ in range(c.n_aortic_wall):
