@@ -18,6 +18,12 @@ gets a closer look at native resolution.  These branches are joined:
   calcification near the ostia.  Measured neutral so far (model card), so off
   by default.
 
+Faint candidates (under ``FAINT_AREA_MM2`` and peaking under ``FAINT_PEAK_HU``)
+can be held to a stricter bias (``faint_bias``, on top of the background
+bias): that is where noise specks and the faintest plaques look alike, and a
+false one turns a zero-calcium scan into a positive one while a missed one
+costs under 3 Agatston (model card).
+
 Candidates whose highest network coronary probability is below ``gate`` are
 background without a closer look: that keeps the CPU cost per series small
 (bone makes thousands of candidates) and was measured to drop almost no
@@ -29,11 +35,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from pipeline.arteries import N_CLASSES
-from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS
+from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, area_and_peak
+
+# Faint candidates: density weight 1 and under 3 mm^2, so at most 3 Agatston each
+# (chosen on development phantoms 62000-62399, model card).
+FAINT_AREA_MM2 = 3.0
+FAINT_PEAK_HU = 170.0
 
 
 @dataclass(frozen=True)
@@ -100,13 +112,23 @@ def _conv_branch(channels_in: int, channels: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-def decide(logits: torch.Tensor, background_bias: float) -> torch.Tensor:
-    """Class per candidate (int64): argmax after adding ``background_bias`` to the background logit."""
+def decide(logits: torch.Tensor, background_bias: float, faint: torch.Tensor | None = None,
+           faint_bias: float = 0.0) -> torch.Tensor:
+    """Class per candidate (int64): argmax after adding ``background_bias`` to the background logit,
+    and ``faint_bias`` more for the candidates marked in ``faint`` (bool per row)."""
     if logits.shape[0] == 0:
         return torch.zeros(0, dtype=torch.int64)
     shifted = logits.clone()
     shifted[:, 0] += background_bias
+    if faint is not None and faint_bias:
+        shifted[faint, 0] += faint_bias
     return shifted.argmax(dim=1)
+
+
+def faint(features: np.ndarray) -> np.ndarray:
+    """Boolean per feature row: the candidate is under ``FAINT_AREA_MM2`` and peaks under ``FAINT_PEAK_HU``."""
+    area, peak = area_and_peak(features)
+    return (area < FAINT_AREA_MM2) & (peak < FAINT_PEAK_HU)
 
 
 def gated(features: torch.Tensor, gate: float) -> torch.Tensor:

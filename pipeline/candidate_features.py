@@ -87,6 +87,13 @@ class Candidates:
         return int(self.features.shape[0])
 
 
+def area_and_peak(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Area (mm^2) and peak HU of each candidate, decoded from its feature rows."""
+    area = np.exp(features[:, FEATURE_NAMES.index("log_area_mm2")].astype(np.float64))
+    peak = features[:, FEATURE_NAMES.index("peak_hu")].astype(np.float64) * 1000.0
+    return area, peak
+
+
 def find_candidates(hu_crop: np.ndarray, threshold_hu: float, connectivity: int) -> tuple[np.ndarray, int]:
     """2-D components of ``hu >= threshold_hu`` per slice: (ids, count)."""
     ids, n = ndimage.label(hu_crop >= threshold_hu, structure=in_plane_structure(connectivity))

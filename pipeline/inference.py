@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pipeline.candidate_classifier import CandidateClassifier, decide, gated
+from pipeline.candidate_classifier import CandidateClassifier, decide, faint, gated
 from pipeline.candidate_features import Candidates, candidate_features, candidate_patches, wide_patches
 from pipeline.candidates import labels_from_predictions
 from pipeline.errors import ModelError
@@ -112,13 +112,16 @@ class Labeller:
         return run_network(self.model, prepared.image, self.weights.model.z_multiple, self.device)
 
     def to_labels(self, hu: np.ndarray, prepared: Prepared, logits: torch.Tensor,
-                  classifier_bias: float | None = None) -> np.ndarray:
-        """Labels on the original voxels from the network output (``classifier_bias`` overrides the stored one)."""
+                  classifier_bias: float | None = None, faint_bias: float | None = None) -> np.ndarray:
+        """Labels on the original voxels from the network output (``classifier_bias`` and ``faint_bias``
+        override the stored ones)."""
         if self.classifier is None or self.weights.classifier is None:
             return grid_to_labels(hu, prepared.box, classify(logits, self.weights.background_bias),
                                   self.config.candidate_threshold_hu, self.config.candidate_connectivity)
-        bias = self.weights.classifier.background_bias if classifier_bias is None else classifier_bias
-        return self.place(hu, prepared, self.decide_candidates(hu, prepared, logits).labels(bias))
+        stored = self.weights.classifier
+        bias = stored.background_bias if classifier_bias is None else classifier_bias
+        extra = stored.faint_bias if faint_bias is None else faint_bias
+        return self.place(hu, prepared, self.decide_candidates(hu, prepared, logits).labels(bias, extra))
 
     def decide_candidates(self, hu: np.ndarray, prepared: Prepared, logits: torch.Tensor) -> CandidateDecisions:
         """The lesion classifier's logits for every candidate of the heart crop (needs a classifier)."""
@@ -144,11 +147,19 @@ class CandidateDecisions:
     looked_at: np.ndarray  # 0-based indices of the candidates past the gate
     logits: torch.Tensor  # (len(looked_at), n_classes)
 
-    def labels(self, background_bias: float) -> np.ndarray:
+    def classes(self, background_bias: float, faint_bias: float = 0.0) -> np.ndarray:
+        """uint8 class of each candidate looked at (``faint_bias`` more for the faint ones)."""
+        is_faint = torch.from_numpy(faint(self.candidates.features[self.looked_at]))
+        return decide(self.logits, background_bias, is_faint, faint_bias).numpy().astype(np.uint8)
+
+    def labels(self, background_bias: float, faint_bias: float = 0.0) -> np.ndarray:
         """uint8 labels of the crop: each candidate looked at takes its class, every other voxel 0."""
+        return self.labels_of(self.classes(background_bias, faint_bias))
+
+    def labels_of(self, classes: np.ndarray) -> np.ndarray:
+        """uint8 labels of the crop, given the class of each candidate looked at."""
         per_candidate = np.zeros(self.candidates.count + 1, dtype=np.uint8)
-        if self.looked_at.size:
-            per_candidate[self.looked_at + 1] = decide(self.logits, background_bias).numpy()
+        per_candidate[self.looked_at + 1] = classes
         return per_candidate[self.candidates.ids]
 
 

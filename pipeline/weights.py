@@ -17,7 +17,8 @@ so opening a file never runs code from it):
 - ``validation``: the figures measured on held-out data (JSON-like);
 - ``classifier`` (optional): the second stage, the lesion classifier of
   ``pipeline.candidate_classifier`` -- its arguments, weights (with the
-  feature standardisation), its own background bias and how it was fitted.
+  feature standardisation), its own background bias (and the extra one for
+  faint candidates, ``faint_bias``) and how it was fitted.
   Without it, inference uses the plain candidate majority rule.
 """
 
@@ -54,6 +55,7 @@ class ClassifierWeights:
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     background_bias: float = 0.0  # added to its background logit before the argmax
     training: dict[str, Any] = field(default_factory=dict)
+    faint_bias: float = 0.0  # more for faint candidates (``candidate_classifier.faint``); 0: none (1.2.0)
 
     def build(self) -> CandidateClassifier:
         """The classifier with these weights, in eval mode."""
@@ -114,6 +116,7 @@ def save_weights(weights: WeightsFile, path: Path) -> None:
             "config": _plain(dataclasses.asdict(c.config)),
             "state_dict": _float32(c.state_dict),
             "background_bias": float(c.background_bias),
+            "faint_bias": float(c.faint_bias),
             "training": _plain(c.training),
         }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +167,7 @@ def _classifier(stored: Any) -> ClassifierWeights | None:
         state_dict=dict(stored["state_dict"]),
         background_bias=float(stored.get("background_bias", 0.0)),
         training=dict(stored.get("training", {})),
+        faint_bias=float(stored.get("faint_bias", 0.0)),
     )
 
 

@@ -11,12 +11,12 @@ import torch
 from scipy import ndimage
 
 from pipeline.arteries import N_CLASSES
-from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide, gated
+from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide, faint, gated
 from pipeline.candidate_features import (FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, PATCH_MM, PATCH_SIDE,
-                                         PATCH_SLICES, WIDE_CHANNELS, WIDE_MM, WIDE_SIDE, candidate_features,
-                                         candidate_patches, wide_patches)
+                                         PATCH_SLICES, WIDE_CHANNELS, WIDE_MM, WIDE_SIDE, Candidates,
+                                         candidate_features, candidate_patches, wide_patches)
 from pipeline.candidates import majority_classes
-from pipeline.inference import Labeller, ModelConfig
+from pipeline.inference import CandidateDecisions, Labeller, ModelConfig
 from pipeline.model import UNet3D, UNetConfig
 from pipeline.preprocess import AIR_HU, CropBox, Preprocess, PreprocessConfig, extract, local_box
 from pipeline.weights import ClassifierWeights, WeightsFile, load_weights, new_uid, save_weights
@@ -150,6 +150,26 @@ def test_decide_with_background_bias() -> None:
     assert decide(logits, 0.0).tolist() == [1, 3]
     assert decide(logits, 2.0).tolist() == [0, 3]
     assert decide(torch.zeros((0, N_CLASSES)), 1.0).tolist() == []
+    # the faint bias comes on top, for the marked candidates only
+    assert decide(logits, 0.0, torch.tensor([False, True]), 3.5).tolist() == [1, 0]
+    assert decide(logits, 0.0, torch.tensor([True, False]), 0.5).tolist() == [1, 3]  # 0.5 < 1: still LM
+    assert decide(logits, 2.0, torch.tensor([False, True]), 1.5).tolist() == [0, 0]  # 2 + 1.5 > 3
+
+
+def test_faint_candidates_are_small_and_under_170_hu() -> None:
+    """Under 3 mm^2 and peaking under 170 HU, read back from the feature rows."""
+    hu = np.full((3, 24, 24), FAT, dtype=np.float32)
+    hu[1, 2, 2:4] = 150.0  # 2 mm^2, 150 HU: faint
+    hu[1, 6, 2:4] = [150.0, 300.0]  # 2 mm^2 peaking at 300 HU
+    hu[1, 10:12, 2:4] = 160.0  # 4 mm^2 at 160 HU
+    hu[1, 14, 2:4] = 170.0  # 2 mm^2 at exactly 170 HU: not under it
+    hu[1, 18, 2] = 169.0  # 1 mm^2 at 169 HU: faint
+    found = candidate_features(hu, _uniform_probabilities(hu.shape, 8), CropBox(0, 3, 0, 0, 24, 24, 12, 12, True),
+                               (1.0, 1.0), 3.0, 130.0, 8)
+    assert found.count == 5
+    rows = found.centres[:, 1].round().astype(int)  # the candidates are numbered in raster order
+    assert dict(zip(rows.tolist(), faint(found.features).tolist())) == {2: True, 6: False, 10: False, 14: False,
+                                                                        18: True}
 
 
 def _weights_with_classifier(tmp_path: Path) -> WeightsFile:
@@ -163,7 +183,7 @@ def _weights_with_classifier(tmp_path: Path) -> WeightsFile:
         name="test-unet", version="0.0.1", uid=new_uid(), model=small, preprocess=PreprocessConfig(grid=32),
         state_dict=UNet3D(small).state_dict(),
         classifier=ClassifierWeights(config, classifier.state_dict(), background_bias=1.5,
-                                     training={"cases": 0}),
+                                     training={"cases": 0}, faint_bias=2.0),
     )
     save_weights(weights, tmp_path / "w.pt")
     return weights
@@ -174,6 +194,7 @@ def test_classifier_round_trips_through_the_weights_file(tmp_path: Path) -> None
     loaded = load_weights(tmp_path / "w.pt")
     assert loaded.classifier is not None and saved.classifier is not None
     assert loaded.classifier.background_bias == 1.5 and loaded.classifier.config.hidden == (8,)
+    assert loaded.classifier.faint_bias == 2.0
     x = torch.randn(7, N_FEATURES)
     patches = torch.randn(7, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE)
     wide = torch.randn(7, WIDE_CHANNELS, WIDE_SIDE, WIDE_SIDE)
@@ -197,10 +218,12 @@ def test_a_classifier_stored_before_the_wide_view_still_loads(tmp_path: Path) ->
     old = CandidateClassifier(config).state_dict()
     payload = torch.load(tmp_path / "w.pt", weights_only=False)
     payload["classifier"]["config"].pop("wide_channels")
+    payload["classifier"].pop("faint_bias")  # nor a faint bias: none (1.2.0 and before)
     payload["classifier"]["state_dict"] = old
     torch.save(payload, tmp_path / "old.pt")
     loaded = load_weights(tmp_path / "old.pt")
     assert loaded.classifier is not None and loaded.classifier.config.wide_channels == 0
+    assert loaded.classifier.faint_bias == 0.0
     with torch.inference_mode():
         assert loaded.classifier.build()(torch.randn(3, N_FEATURES),
                                          torch.randn(3, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE)).shape == (3, N_CLASSES)
@@ -233,6 +256,26 @@ def test_labeller_with_classifier_labels_whole_candidates_only(tmp_path: Path) -
     np.testing.assert_array_equal(everything > 0, (c.hu >= 130.0) & inside)
     hu_crop = extract(c.hu, box, AIR_HU)
     assert local_box(box).rows == hu_crop.shape[1]
+    # at 2 mm pixels no candidate is under 3 mm^2: a huge faint bias changes nothing
+    strict = labeller.to_labels(c.hu, prepared, logits, classifier_bias=-1e6, faint_bias=2e6)
+    np.testing.assert_array_equal(strict > 0, everything > 0)
+
+
+def test_the_faint_bias_drops_only_the_faint_candidates() -> None:
+    """Candidate 1: 2 mm^2 at 150 HU (faint); 2: 2 mm^2 at 400 HU; 3: 8 mm^2 at 150 HU."""
+    ids = np.zeros((1, 4, 8), dtype=np.int32)
+    ids[0, 0, :2], ids[0, 2, :2], ids[0, 2, 4:8] = 1, 2, 3
+    features = np.zeros((3, N_FEATURES), dtype=np.float32)
+    features[:, FEATURE_NAMES.index("log_area_mm2")] = np.log([2.0, 2.0, 8.0])
+    features[:, FEATURE_NAMES.index("peak_hu")] = np.array([150.0, 400.0, 150.0]) / 1000.0
+    logits = torch.zeros((3, N_CLASSES))
+    logits[:, 2] = 2.0  # each one LAD by 2 logits
+    decisions = CandidateDecisions(Candidates(ids, features, np.zeros((3, 3))), np.arange(3), logits)
+    assert decisions.classes(0.0).tolist() == [2, 2, 2]
+    assert decisions.classes(0.0, 3.0).tolist() == [0, 2, 2]
+    assert decisions.classes(1.5, 0.5).tolist() == [0, 2, 2]  # the faint bias adds to the background bias
+    assert decisions.classes(2.5, 0.0).tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(decisions.labels(0.0, 3.0), np.where(ids >= 2, 2, 0))
 
 
 def test_gate_keeps_candidates_the_network_finds_likely() -> None:
@@ -337,3 +380,23 @@ def test_block_wise_features_equal_whole_crop_filters_and_the_gate_skips_only_ro
     np.testing.assert_array_equal(gated_found.features[~past, :network_columns],
                                   found.features[~past, :network_columns])
     assert np.isnan(gated_found.features[~past, network_columns:]).all()
+
+
+def test_the_best_bias_pair_is_written_into_the_classifier_and_ties_go_to_the_first(tmp_path: Path) -> None:
+    from training.calibrate import with_best_bias
+
+    weights = _weights_with_classifier(tmp_path)
+    figures = lambda zero, sens: {"icc": 0.99, "kappa": 0.95, "right_artery": 0.98, "lesion_sensitivity": sens,
+                                  "zero_to_zero": zero, "fp_per_scan": 0.1, "cases": 10.0}
+    table = {(1.0, 0.0): figures(0.80, 0.95), (1.0, 2.0): figures(0.90, 0.95), (2.0, 0.0): figures(0.90, 0.95),
+             (2.0, 2.0): figures(0.95, 0.80)}
+    chosen = with_best_bias(weights, table, "calibration_set")
+    assert chosen.classifier is not None
+    assert (chosen.classifier.background_bias, chosen.classifier.faint_bias) == (1.0, 2.0)  # tie with (2, 0): first
+    assert chosen.uid == weights.uid and chosen.classifier.state_dict is weights.classifier.state_dict
+    record = chosen.validation["calibration_set"]
+    assert record["background_bias"] == 1.0 and record["faint_bias"] == 2.0 and record["zero_to_zero"] == 0.90
+    # without a classifier only the network's bias is chosen; no faint bias is recorded
+    plain = with_best_bias(dataclasses.replace(weights, classifier=None), {(3.0, 0.0): figures(0.9, 0.9),
+                                                                           (4.0, 0.0): figures(0.8, 0.9)}, "c")
+    assert plain.background_bias == 3.0 and "faint_bias" not in plain.validation["c"]

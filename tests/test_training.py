@@ -128,7 +128,7 @@ def test_one_epoch_run_exports_the_best_checkpoint(tmp_path: Path) -> None:
 def test_training_fits_the_lesion_classifier_after_the_network(tmp_path: Path) -> None:
     """[training] classifier cases: the exported file carries a fitted classifier that inference uses."""
     from pipeline.candidate_classifier import ClassifierConfig
-    from training.calibrate import CLASSIFIER_BIASES
+    from training.calibrate import CLASSIFIER_BIASES, FAINT_BIASES
 
     config = tiny_config(tmp_path, batch_size=2, samples_per_epoch=4, classifier_epochs=2)
     sources = ([ChestSource(1)], [ChestSource(2)])
@@ -142,6 +142,7 @@ def test_training_fits_the_lesion_classifier_after_the_network(tmp_path: Path) -
     calibration = weights.validation["calibration_set"]
     assert calibration["cases"] == 2.0 and weights.classifier.background_bias == calibration["background_bias"]
     assert calibration["background_bias"] in CLASSIFIER_BIASES
+    assert calibration["faint_bias"] in FAINT_BIASES and weights.classifier.faint_bias == calibration["faint_bias"]
     assert weights.classifier.training["cases"] == 2 and weights.classifier.training["coronary_candidates"] >= 6
     assert weights.classifier.training["network_uid"] != weights.uid  # a new model, a new UID
     assert list((tmp_path / "work" / "candidates").glob("chest-4-*.npz"))

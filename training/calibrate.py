@@ -1,4 +1,4 @@
-"""Choose the background-logit bias of a weights file on validation phantoms.
+"""Choose the background-logit biases of a weights file on validation phantoms.
 
 Usage::
 
@@ -6,9 +6,10 @@ Usage::
 
 The network is run once per phantom; the label maps for each candidate bias
 are then derived from the same logits and scored (``training.metrics``).  The
-bias is the lesion classifier's when the file has one (``classifier.background_bias``),
-else the network's (``background_bias``, majority rule).  The bias with the best
-selection figure (``training.module.selection``: ICC + kappa + right artery +
+bias is the lesion classifier's when the file has one (``classifier.background_bias``,
+with the extra one for faint candidates, ``classifier.faint_bias``: every pair of
+the two grids), else the network's (``background_bias``, majority rule).  The bias
+with the best selection figure (``training.module.selection``: ICC + kappa + right artery +
 sensitivity + zero-to-zero - 0.05 x false positives per scan) is written into
 the weights file; the UID is kept, no weight changes.
 Use validation seeds only (``[training] val_seed``), never the evaluation seeds
@@ -38,15 +39,25 @@ log = logging.getLogger(__name__)
 
 BIASES = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)  # network logits (majority rule)
 CLASSIFIER_BIASES = (-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+FAINT_BIASES = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)  # on top of the classifier's, for faint candidates
+
+Bias = tuple[float, float]  # (background bias, extra bias of faint candidates)
+
+
+def bias_grid(has_classifier: bool) -> list[Bias]:
+    """Every pair to try: the classifier's two grids, or the network's bias alone."""
+    if has_classifier:
+        return [(b, f) for b in CLASSIFIER_BIASES for f in FAINT_BIASES]
+    return [(b, 0.0) for b in BIASES]
 
 
 def calibrate(labeller: Labeller, sources: Sequence[CaseSource],
-              biases: tuple[float, ...] | None = None) -> dict[float, dict[str, float]]:
-    """Validation figures per bias (default: the classifier's grid when there is one, else the network's)."""
+              biases: Sequence[Bias] | None = None) -> dict[Bias, dict[str, float]]:
+    """Validation figures per bias pair (default: ``bias_grid``)."""
     if biases is None:
-        biases = CLASSIFIER_BIASES if labeller.classifier is not None else BIASES
+        biases = bias_grid(labeller.classifier is not None)
     profile = ScoringProfile()
-    outcomes: dict[float, list[CaseOutcome]] = {b: [] for b in biases}
+    outcomes: dict[Bias, list[CaseOutcome]] = {b: [] for b in biases}
     for source in sources:
         case = source.load()
         spacing, increment = case.pixel_spacing_mm, case.increment_mm
@@ -54,30 +65,40 @@ def calibrate(labeller: Labeller, sources: Sequence[CaseSource],
         logits = labeller.logits(prepared)
         decisions = labeller.decide_candidates(case.hu, prepared, logits) if labeller.classifier is not None else None
         truth = score_truth(case.hu, case.labels, spacing, increment, profile)
-        for b in biases:
+        scored: dict[bytes, CaseOutcome] = {}  # many pairs decide a case alike: score each decision once
+        for background, extra in biases:
             if decisions is not None:
-                labels = labeller.place(case.hu, prepared, decisions.labels(b))
+                classes = decisions.classes(background, extra)
+                key = classes.tobytes()
+                if key not in scored:
+                    labels = labeller.place(case.hu, prepared, decisions.labels_of(classes))
+                    scored[key] = compare(truth, case.hu, labels, spacing, increment, profile)
+                outcome = scored[key]
             else:
-                labels = grid_to_labels(case.hu, prepared.box, classify(logits, b),
+                labels = grid_to_labels(case.hu, prepared.box, classify(logits, background),
                                         labeller.config.candidate_threshold_hu, labeller.config.candidate_connectivity)
-            outcomes[b].append(compare(truth, case.hu, labels, spacing, increment, profile))
+                outcome = compare(truth, case.hu, labels, spacing, increment, profile)
+            outcomes[(background, extra)].append(outcome)
         log.info("calibration case %s done", source.key)
     return {b: summarise(o) for b, o in outcomes.items()}
 
 
-def with_best_bias(weights: WeightsFile, table: dict[float, dict[str, float]], name: str) -> WeightsFile:
-    """``weights`` with the bias of the best selection figure in ``table``, recorded as validation ``name``.
+def with_best_bias(weights: WeightsFile, table: dict[Bias, dict[str, float]], name: str) -> WeightsFile:
+    """``weights`` with the bias pair of the best selection figure in ``table``, recorded as validation ``name``.
 
-    The classifier's bias when the file has one, else the network's; the UID is
-    kept (no weight changes).
+    The classifier's biases when the file has one, else the network's; the UID
+    is kept (no weight changes).  On a tie the first pair of ``table`` wins (of
+    ``bias_grid``: the smaller biases), so no stricter than the calibration cases ask.
     """
     best = max(table, key=lambda b: selection(table[b]))
+    background, extra = best
     chosen = {k: v for k, v in table[best].items() if v == v}  # drop nan
-    validation = {**weights.validation, name: {"background_bias": best, **chosen}}
+    record = {"background_bias": background, **({"faint_bias": extra} if weights.classifier is not None else {})}
+    validation = {**weights.validation, name: {**record, **chosen}}
     if weights.classifier is not None:
-        return dataclasses.replace(weights, classifier=dataclasses.replace(weights.classifier, background_bias=best),
-                                   validation=validation)
-    return dataclasses.replace(weights, background_bias=best, validation=validation)
+        classifier = dataclasses.replace(weights.classifier, background_bias=background, faint_bias=extra)
+        return dataclasses.replace(weights, classifier=classifier, validation=validation)
+    return dataclasses.replace(weights, background_bias=background, validation=validation)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a case every ~8 s
     labeller = Labeller.load(ModelConfig(weights=args.weights), device="cpu")
     table = calibrate(labeller, phantoms(args.first_seed, args.n))
-    for b, f in table.items():
-        print(f"bias {b:4.1f}: selection {selection(f):6.3f}  icc {f['icc']:.4f} kappa {f['kappa']:.3f} "
-              f"zero->0 {f['zero_to_zero']:.2f} right {f['right_artery']:.3f} sens {f['lesion_sensitivity']:.3f} "
-              f"fp/scan {f['fp_per_scan']:.2f}")
+    for (b, extra), f in table.items():
+        print(f"bias {b:4.1f} faint +{extra:3.1f}: selection {selection(f):6.3f}  icc {f['icc']:.4f} "
+              f"kappa {f['kappa']:.3f} zero->0 {f['zero_to_zero']:.2f} right {f['right_artery']:.3f} "
+              f"sens {f['lesion_sensitivity']:.3f} fp/scan {f['fp_per_scan']:.2f}")
     name = f"calibration_seeds_{args.first_seed}-{args.first_seed + args.n - 1}"
     calibrated = with_best_bias(load_weights(args.weights), table, name)
     save_weights(calibrated, args.weights)
