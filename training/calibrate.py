@@ -87,8 +87,8 @@ def with_best_bias(weights: WeightsFile, table: dict[Bias, dict[str, float]], na
     """``weights`` with the bias pair of the best selection figure in ``table``, recorded as validation ``name``.
 
     The classifier's biases when the file has one, else the network's; the UID
-    is kept (no weight changes).  On a tie the first pair of ``table`` wins (of
-    ``bias_grid``: the smaller biases), so no stricter than the calibration cases ask.
+    is kept (no weight changes).  On a tie the first pair of ``table`` wins (in
+    ``bias_grid`` order: the smaller background bias, then the smaller faint bias).
     """
     best = max(table, key=lambda b: selection(table[b]))
     background, extra = best
