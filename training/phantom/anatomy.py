@@ -218,7 +218,7 @@ def _ribs(b: BodyParams, z_low: float, z_high: float, rng: np.random.Generator) 
             fall = drop * (angles - angles[0]) / (angles[-1] - angles[0])
             pts = [np.array([side * a * np.sin(t), c * np.cos(t), z0 - f]) for t, f in zip(angles, fall)]
             for p0, p1 in zip(pts[:-1], pts[1:]):
-                out.append((Capsule(p0, p1, 5.0), b.bone_cortex_hu * 0.8))
+                out.append((Capsule(p0, p1, RIB_RADIUS_MM), b.bone_cortex_hu * 0.8))
                 out.append((Capsule(p0, p1, 3.2), b.bone_marrow_hu))
         z0 += b.rib_spacing
     return tuple(out)
@@ -249,6 +249,16 @@ class Template:
     spine: np.ndarray
 
 
+STERNUM_SEMI_MM = (16.0, 6.0)  # x, y semi-axes of the sternum's outer cortex
+VERTEBRA_WIDTH = 1.05  # the vertebral body's x semi-axis over its y semi-axis (``BodyParams.spine_radius``)
+RIB_RADIUS_MM = 5.0  # a rib's outer cortex
+
+
+def sternum_y(b: BodyParams) -> float:
+    """The y of the sternum's centre (x = 0), just behind the anterior chest muscle."""
+    return -(b.half_depth - b.fat_thickness) + b.muscle_thickness * 0.6 + 6.0
+
+
 def template_slice(params: PhantomParams, thorax: Thorax, view: SliceView) -> Template:
     """The z-invariant part of every slice: body, subcutaneous fat, muscle, lungs, mediastinum, spine, sternum."""
     b = params.body
@@ -271,10 +281,10 @@ def template_slice(params: PhantomParams, thorax: Thorax, view: SliceView) -> Te
     paint(img, _ellipse_cov(x, y, sx + 5.0, sy - 20.0, 28.0, 30.0, e), b.fat_hu)
     # Vertebral body with cortical shell, spinal canal and posterior arch.
     r = b.spine_radius
-    body_cov = _ellipse_cov(x, y, sx, sy, r * 1.05, r, e)
+    body_cov = _ellipse_cov(x, y, sx, sy, r * VERTEBRA_WIDTH, r, e)
     inner *= 1.0 - body_cov
     paint(img, body_cov, b.bone_cortex_hu)
-    paint(img, _ellipse_cov(x, y, sx, sy, r * 1.05 - 1.6, r - 1.6, e), b.bone_marrow_hu)
+    paint(img, _ellipse_cov(x, y, sx, sy, r * VERTEBRA_WIDTH - 1.6, r - 1.6, e), b.bone_marrow_hu)
     arch = (sx, sy + r + 9.0)
     paint(img, _ellipse_cov(x, y, arch[0], arch[1], 13.0, 10.0, e), b.bone_cortex_hu * 0.7)
     paint(img, _ellipse_cov(x, y, arch[0], arch[1] - 1.0, 8.0, 6.0, e), CSF_HU)
@@ -286,10 +296,10 @@ def template_slice(params: PhantomParams, thorax: Thorax, view: SliceView) -> Te
     spine_box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)) if rows.size else (
         slice(0, 0), slice(0, 0))
     # Sternum: a flat bone behind the anterior chest wall.
-    st_y = -md + b.muscle_thickness * 0.6 + 6.0
-    paint(img, _ellipse_cov(x, y, 0.0, st_y, 16.0, 6.0, e), b.bone_cortex_hu * 0.7)
-    paint(img, _ellipse_cov(x, y, 0.0, st_y, 14.2, 4.2, e), b.bone_marrow_hu)
-    inner *= 1.0 - _ellipse_cov(x, y, 0.0, st_y, 16.0, 6.0, e)
+    st_y, (st_a, st_b) = sternum_y(b), STERNUM_SEMI_MM
+    paint(img, _ellipse_cov(x, y, 0.0, st_y, st_a, st_b, e), b.bone_cortex_hu * 0.7)
+    paint(img, _ellipse_cov(x, y, 0.0, st_y, st_a - 1.8, st_b - 1.8, e), b.bone_marrow_hu)
+    inner *= 1.0 - _ellipse_cov(x, y, 0.0, st_y, st_a, st_b, e)
     _table(img, b, x, y, e)
     return Template(img, inner, spine_box, spine[spine_box].copy())
 
@@ -374,7 +384,7 @@ def paint_slice(img: np.ndarray, template: Template, params: PhantomParams, thor
         w = float(np.clip((min(view.z + half, z1) - max(view.z - half, z0)) / view.thickness, 0.0, 1.0))
         if w > 0:
             disc = Ellipsoid(np.array([sx, sy, view.z]), np.eye(3),
-                             np.array([b.spine_radius * 1.05 - 1.0, b.spine_radius - 1.0, 1e3]))
+                             np.array([b.spine_radius * VERTEBRA_WIDTH - 1.0, b.spine_radius - 1.0, 1e3]))
             hit = disc.coverage_on(view)
             if hit is not None:
                 box, alpha = hit
