@@ -18,11 +18,12 @@ gets a closer look at native resolution.  These branches are joined:
   calcification near the ostia.  Measured neutral so far (model card), so off
   by default.
 
-Faint candidates (under ``FAINT_AREA_MM2`` and peaking under ``FAINT_PEAK_HU``)
-can be held to a stricter bias (``faint_bias``, on top of the background
-bias): that is where noise specks and the faintest plaques look alike, and a
-false one turns a zero-calcium scan into a positive one while a missed one
-costs under 3 Agatston (model card).
+Faint candidates (under ``FAINT_AREA_MM2`` and peaking under ``FAINT_PEAK_HU``,
+in a series whose noise SD is at least ``FAINT_NOISE_SD_HU``) can be held to
+a stricter bias (``faint_bias``, on top of the background bias): that is
+where noise specks and the faintest plaques look alike, and a false one turns
+a zero-calcium scan into a positive one while a missed one costs under 3
+Agatston (model card).  In a quieter series such a spot is rarely noise.
 
 Candidates whose highest network coronary probability is below ``gate`` are
 background without a closer look: that keeps the CPU cost per series small
@@ -42,10 +43,11 @@ from torch import nn
 from pipeline.arteries import N_CLASSES
 from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, area_and_peak
 
-# Faint candidates: density weight 1 and under 3 mm^2, so at most 3 Agatston each
-# (chosen on development phantoms 62000-62399, model card).
+# Faint candidates: density weight 1 and under 3 mm^2, so at most 3 Agatston each, in a noisy
+# series (``pipeline.noise``; chosen on development phantoms 62000-62399, model card).
 FAINT_AREA_MM2 = 3.0
 FAINT_PEAK_HU = 170.0
+FAINT_NOISE_SD_HU = 27.0
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,11 @@ def decide(logits: torch.Tensor, background_bias: float, faint: torch.Tensor | N
     return shifted.argmax(dim=1)
 
 
-def faint(features: np.ndarray) -> np.ndarray:
-    """Boolean per feature row: the candidate is under ``FAINT_AREA_MM2`` and peaks under ``FAINT_PEAK_HU``."""
+def faint(features: np.ndarray, noise_sd_hu: float) -> np.ndarray:
+    """Boolean per feature row: the candidate is under ``FAINT_AREA_MM2`` and peaks under ``FAINT_PEAK_HU``,
+    and its series' noise SD (``pipeline.noise.noise_sd_hu``) is at least ``FAINT_NOISE_SD_HU``."""
     area, peak = area_and_peak(features)
-    return (area < FAINT_AREA_MM2) & (peak < FAINT_PEAK_HU)
+    return (area < FAINT_AREA_MM2) & (peak < FAINT_PEAK_HU) & (noise_sd_hu >= FAINT_NOISE_SD_HU)
 
 
 def gated(features: torch.Tensor, gate: float) -> torch.Tensor:

@@ -35,6 +35,7 @@ from pipeline.model import UNet3D
 from pipeline.preprocess import AIR_HU, CropBox, Prepared, Preprocess, cell_index, extract, insert, local_box
 from pipeline.series import CTSeries
 from pipeline.weights import WeightsFile, load_weights
+from pipeline.noise import noise_sd_hu
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,11 @@ class CandidateDecisions:
     candidates: Candidates
     looked_at: np.ndarray  # 0-based indices of the candidates past the gate
     logits: torch.Tensor  # (len(looked_at), n_classes)
+    noise_sd_hu: float  # of the heart crop (``pipeline.noise``)
 
     def classes(self, background_bias: float, faint_bias: float = 0.0) -> np.ndarray:
         """uint8 class of each candidate looked at (``faint_bias`` more for the faint ones)."""
-        is_faint = torch.from_numpy(faint(self.candidates.features[self.looked_at]))
+        is_faint = torch.from_numpy(faint(self.candidates.features[self.looked_at], self.noise_sd_hu))
         return decide(self.logits, background_bias, is_faint, faint_bias).numpy().astype(np.uint8)
 
     def labels(self, background_bias: float, faint_bias: float = 0.0) -> np.ndarray:
@@ -172,7 +174,7 @@ def decide_candidates(classifier: CandidateClassifier, looked: LookedAt) -> Cand
                   for a in (looked.candidates.features[looked.indices], looked.patches, looked.wide)]
         with torch.inference_mode():
             scores = classifier(*inputs).cpu()
-    return CandidateDecisions(looked.candidates, looked.indices, scores)
+    return CandidateDecisions(looked.candidates, looked.indices, scores, looked.noise_sd_hu)
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ class LookedAt:
     indices: np.ndarray  # 0-based indices of the candidates past the gate
     patches: np.ndarray  # float32 (len(indices), PATCH_CHANNELS, side, side)
     wide: np.ndarray | None  # float32 (len(indices), WIDE_CHANNELS, wide side, wide side), None when not asked for
+    noise_sd_hu: float  # of the heart crop (``pipeline.noise``)
 
 
 def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, threshold_hu: float, connectivity: int,
@@ -202,7 +205,7 @@ def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, thresh
     patches = candidate_patches(hu_crop, found, look, spacing, increment)
     # The wide view costs about 0.05 s a series: only for a classifier that uses it.
     views = wide_patches(hu_crop, found, look, spacing, increment) if wide else None
-    return LookedAt(found, look, patches, views)
+    return LookedAt(found, look, patches, views, noise_sd_hu(hu_crop))
 
 
 def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, device: torch.device) -> torch.Tensor:

@@ -156,8 +156,8 @@ def test_decide_with_background_bias() -> None:
     assert decide(logits, 2.0, torch.tensor([False, True]), 1.5).tolist() == [0, 0]  # 2 + 1.5 > 3
 
 
-def test_faint_candidates_are_small_and_under_170_hu() -> None:
-    """Under 3 mm^2 and peaking under 170 HU, read back from the feature rows."""
+def test_faint_candidates_are_small_and_under_170_hu_in_a_noisy_series() -> None:
+    """Under 3 mm^2 and peaking under 170 HU, read back from the feature rows, in a series with noise SD >= 27 HU."""
     hu = np.full((3, 24, 24), FAT, dtype=np.float32)
     hu[1, 2, 2:4] = 150.0  # 2 mm^2, 150 HU: faint
     hu[1, 6, 2:4] = [150.0, 300.0]  # 2 mm^2 peaking at 300 HU
@@ -168,8 +168,9 @@ def test_faint_candidates_are_small_and_under_170_hu() -> None:
                                (1.0, 1.0), 3.0, 130.0, 8)
     assert found.count == 5
     rows = found.centres[:, 1].round().astype(int)  # the candidates are numbered in raster order
-    assert dict(zip(rows.tolist(), faint(found.features).tolist())) == {2: True, 6: False, 10: False, 14: False,
-                                                                        18: True}
+    assert dict(zip(rows.tolist(), faint(found.features, 27.0).tolist())) == {2: True, 6: False, 10: False,
+                                                                              14: False, 18: True}
+    assert not faint(found.features, 26.9).any()  # a quieter series: none is faint
 
 
 def _weights_with_classifier(tmp_path: Path) -> WeightsFile:
@@ -270,7 +271,9 @@ def test_the_faint_bias_drops_only_the_faint_candidates() -> None:
     features[:, FEATURE_NAMES.index("peak_hu")] = np.array([150.0, 400.0, 150.0]) / 1000.0
     logits = torch.zeros((3, N_CLASSES))
     logits[:, 2] = 2.0  # each one LAD by 2 logits
-    decisions = CandidateDecisions(Candidates(ids, features, np.zeros((3, 3))), np.arange(3), logits)
+    decisions = CandidateDecisions(Candidates(ids, features, np.zeros((3, 3))), np.arange(3), logits, 30.0)
+    quiet = CandidateDecisions(decisions.candidates, decisions.looked_at, logits, 20.0)
+    assert quiet.classes(0.0, 3.0).tolist() == [2, 2, 2]  # in a quiet series nothing is faint
     assert decisions.classes(0.0).tolist() == [2, 2, 2]
     assert decisions.classes(0.0, 3.0).tolist() == [0, 2, 2]
     assert decisions.classes(1.5, 0.5).tolist() == [0, 2, 2]  # the faint bias adds to the background bias
