@@ -32,10 +32,10 @@ from pipeline.candidates import labels_from_predictions
 from pipeline.errors import ModelError
 from pipeline.identity import AlgorithmIdentity
 from pipeline.model import UNet3D
+from pipeline.noise import noise_sd_hu
 from pipeline.preprocess import AIR_HU, CropBox, Prepared, Preprocess, cell_index, extract, insert, local_box
 from pipeline.series import CTSeries
 from pipeline.weights import WeightsFile, load_weights
-from pipeline.noise import noise_sd_hu
 
 log = logging.getLogger(__name__)
 

@@ -320,11 +320,12 @@ def test_clear_of_bone_and_aorta_sees_each_structure() -> None:
         return coronary.clear_of_bone_and_aorta(np.array([point], float), thorax, params.body)
 
     assert clear(heart)
-    for inside in ((sx, sy, heart[2]), (dx, dy, heart[2]), (0.0, sternum_y(params.body), heart[2]), 0.5 * (rib.a + rib.b)):
+    z = heart[2]
+    for inside in ((sx, sy, z), (dx, dy, z), (0.0, sternum_y(params.body), z), 0.5 * (rib.a + rib.b)):
         assert not clear(inside)
     # The margin: 2 mm in front of the vertebral body is too close, 4 mm is clear of it.
     r = params.body.spine_radius
-    near, far = (sx, sy - r - 2.0, heart[2]), (sx, sy - r - 4.0, heart[2])
+    near, far = (sx, sy - r - 2.0, z), (sx, sy - r - 4.0, z)
     assert not clear(near)
     assert clear(far)
 
