@@ -172,6 +172,8 @@ def _draw_plaque(params: PhantomParams, vessels: tuple[Vessel, ...], thorax: Tho
     dlo, dhi = _DENSITY[c.severity]
     name = names[int(rng.choice(len(names), p=share / share.sum()))]
     vessel = next(v for v in vessels if v.name == name)
+    # Steers the draw along the vessel (a coarse check, kept so that revision-2 draws stay as they were);
+    # ``plaques`` then checks the plaque itself with ``clear_of_bone_and_aorta``.
     for _ in range(20):  # draw again where the vessel runs next to the aorta or the spine
         t = float(rng.beta(1.3, 2.2)) if name != "LM" else float(rng.uniform(0.1, 0.9))
         point, tangent, radius = vessel.at(t)
@@ -203,12 +205,10 @@ def clear_of_bone_and_aorta(points: np.ndarray, thorax: Thorax, body: BodyParams
     if not (outside_ellipse(sx, sy, body.spine_radius * VERTEBRA_WIDTH, body.spine_radius)
             and outside_ellipse(dx, dy, dr, dr) and outside_ellipse(0.0, sternum_y(body), st_a, st_b)):
         return False
-    for rib, _ in thorax.ribs[::2]:  # cortex capsules (each followed by its marrow)
-        ab = rib.b - rib.a
-        t = np.clip((points - rib.a) @ ab / float(ab @ ab), 0.0, 1.0)
-        if np.min(np.linalg.norm(points - rib.a - t[:, None] * ab, axis=1)) < rib.radius + m:
-            return False
-    return True
+    cortex = [rib for rib, _ in thorax.ribs[::2]]  # cortex capsules (each followed by its marrow)
+    a = np.array([rib.a for rib in cortex])
+    distance, _ = _to_segments(points, a, np.array([rib.b for rib in cortex]) - a)
+    return bool(np.all(distance >= np.array([rib.radius for rib in cortex]) + m))
 
 
 _CORONARY_WALL_MM = 1.0
@@ -223,17 +223,22 @@ def _fibonacci_sphere(n: int) -> np.ndarray:
     return np.column_stack([ring * np.cos(phi), ring * np.sin(phi), z])
 
 
-_SPHERE = _fibonacci_sphere(96)  # where a distractor's surface is checked against the coronary walls (``Blob.surface``)
+_SPHERE = _fibonacci_sphere(96)  # where a blob's surface is checked (``Blob.surface``): distractors, plaques
+
+
+def _to_segments(points: np.ndarray, a: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (points, segments) from each of ``points`` (n, 3) to each segment a -> a + ab (s, 3),
+    and where along the segment the nearest point lies (0-1)."""
+    to_point = points[:, None, :] - a[None]  # (points, segments, 3)
+    t = np.clip(np.einsum("psk,sk->ps", to_point, ab) / np.maximum(np.einsum("sk,sk->s", ab, ab), 1e-12), 0, 1)
+    return np.linalg.norm(to_point - t[..., None] * ab[None], axis=2), t
 
 
 def _lumen_clearance(points: np.ndarray, vessels: tuple[Vessel, ...]) -> float:
     """Smallest distance (mm) from any of ``points`` (n, 3) to a coronary lumen (inf without vessels)."""
     best = np.inf
     for v in vessels:
-        a, ab = v.points[:-1], np.diff(v.points, axis=0)  # segments
-        to_point = points[:, None, :] - a[None]  # (points, segments, 3)
-        t = np.clip(np.einsum("psk,sk->ps", to_point, ab) / np.maximum(np.einsum("sk,sk->s", ab, ab), 1e-12), 0, 1)
-        distance = np.linalg.norm(to_point - t[..., None] * ab[None], axis=2)
+        distance, t = _to_segments(points, v.points[:-1], np.diff(v.points, axis=0))
         radius = v.radii[:-1] + t * np.diff(v.radii)
         best = min(best, float((distance - radius).min()))
     return best
