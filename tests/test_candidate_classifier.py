@@ -403,3 +403,9 @@ def test_the_best_bias_pair_is_written_into_the_classifier_and_ties_go_to_the_fi
     plain = with_best_bias(dataclasses.replace(weights, classifier=None), {(3.0, 0.0): figures(0.9, 0.9),
                                                                            (4.0, 0.0): figures(0.8, 0.9)}, "c")
     assert plain.background_bias == 3.0 and "faint_bias" not in plain.validation["c"]
+    # a floor on the background bias: the best pair at or above it, even if a lower one scores better
+    floored = with_best_bias(weights, table, "c", min_background=2.0)
+    assert floored.classifier is not None
+    assert (floored.classifier.background_bias, floored.classifier.faint_bias) == (2.0, 0.0)
+    with pytest.raises(ValueError, match="at least 3"):
+        with_best_bias(weights, table, "c", min_background=3.0)
