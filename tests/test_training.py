@@ -130,7 +130,8 @@ def test_training_fits_the_lesion_classifier_after_the_network(tmp_path: Path) -
     from pipeline.candidate_classifier import ClassifierConfig
     from training.calibrate import CLASSIFIER_BIASES, FAINT_BIASES
 
-    config = tiny_config(tmp_path, batch_size=2, samples_per_epoch=4, classifier_epochs=2)
+    config = tiny_config(tmp_path, batch_size=2, samples_per_epoch=4, classifier_epochs=2,
+                         calibration_min_background_bias=2.0)
     sources = ([ChestSource(1)], [ChestSource(2)])
     small = ClassifierConfig(hidden=(8,), conv_channels=(4, 8), gate=0.0)  # an untrained network gates nothing out
     assert run_train(config, output=None, fast_dev_run=False, sources=sources,
@@ -141,7 +142,7 @@ def test_training_fits_the_lesion_classifier_after_the_network(tmp_path: Path) -
     # its background bias was chosen on the calibration cases and recorded with their figures
     calibration = weights.validation["calibration_set"]
     assert calibration["cases"] == 2.0 and weights.classifier.background_bias == calibration["background_bias"]
-    assert calibration["background_bias"] in CLASSIFIER_BIASES
+    assert calibration["background_bias"] in CLASSIFIER_BIASES and calibration["background_bias"] >= 2.0
     assert calibration["faint_bias"] in FAINT_BIASES and weights.classifier.faint_bias == calibration["faint_bias"]
     assert weights.classifier.training["cases"] == 2 and weights.classifier.training["coronary_candidates"] >= 6
     assert weights.classifier.training["network_uid"] != weights.uid  # a new model, a new UID
@@ -150,3 +151,17 @@ def test_training_fits_the_lesion_classifier_after_the_network(tmp_path: Path) -
     c = make_chest(seed=6)
     labels = labeller.predict_volume(c.hu, c.pixel_spacing_mm, c.increment_mm)
     assert labels.shape == c.hu.shape and np.all(c.hu[labels > 0] >= 130.0)
+
+
+def test_the_classifier_phantoms_are_the_plain_then_the_hard_ostia_seeds_of_the_config(tmp_path: Path) -> None:
+    from training.datamodule import classifier_phantom_sources
+
+    config = tiny_config(tmp_path, classifier_phantoms=3, classifier_seed=500, classifier_hard_ostia_phantoms=2,
+                         classifier_hard_ostia_seed=900)
+    sources = classifier_phantom_sources(config)
+    assert [(s.seed, s.hard_ostia) for s in sources] == [(500, False), (501, False), (502, False),
+                                                         (900, True), (901, True)]
+    assert len({s.key for s in sources}) == 5 and "hard-ostia-900" in sources[3].key  # cached apart
+    assert classifier_phantom_sources(tiny_config(tmp_path)) == []  # the defaults: no classifier phantoms
+    with pytest.raises(ValueError, match="classifier_hard_ostia_phantoms"):
+        tiny_config(tmp_path, classifier_hard_ostia_phantoms=-1)

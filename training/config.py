@@ -43,9 +43,15 @@ class TrainingConfig:
     classifier_phantoms: int = 0
     classifier_seed: int = 60000
     classifier_epochs: int = 30
+    # Hard examples for the classifier: phantoms [classifier_hard_ostia_seed, + classifier_hard_ostia_phantoms)
+    # with 2-4 extra aortic-wall calcifications beside the coronary ostia (1.3.0: 400 beside 1600 plain ones).
+    classifier_hard_ostia_phantoms: int = 0
+    classifier_hard_ostia_seed: int = 70000
     # The classifier's background bias is then chosen on validation phantoms
-    # [val_seed, val_seed + calibration_phantoms) plus the site's validation series (training.calibrate).
+    # [val_seed, val_seed + calibration_phantoms) plus the site's validation series (training.calibrate),
+    # among the biases of at least calibration_min_background_bias when it is set.
     calibration_phantoms: int = 40
+    calibration_min_background_bias: float | None = None
 
     # --- network and preprocessing ---------------------------------------
     # U-Net channels per level.  Small on purpose: the net only decides which candidate
@@ -86,9 +92,10 @@ class TrainingConfig:
             raise ValueError("training.shifted_fraction must be within 0-1")
         if self.accelerator == "cpu" and self.precision != "32":
             raise ValueError("training.precision: mixed precision needs a GPU; use \"32\" on CPU")
-        if self.classifier_phantoms < 0 or self.classifier_epochs < 1 or self.calibration_phantoms < 0:
-            raise ValueError("training.classifier_phantoms and calibration_phantoms must be >= 0, "
-                             "classifier_epochs >= 1")
+        if (self.classifier_phantoms < 0 or self.classifier_hard_ostia_phantoms < 0 or self.classifier_epochs < 1
+                or self.calibration_phantoms < 0):
+            raise ValueError("training.classifier_phantoms, classifier_hard_ostia_phantoms and calibration_phantoms "
+                             "must be >= 0, classifier_epochs >= 1")
         if self.prepare_workers < 1:
             raise ValueError("training.prepare_workers must be >= 1")
         if self.batch_size < 1 or self.samples_per_epoch < 1 or self.max_epochs < 1:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.preprocess import Preprocess
 from training.augment import Augmentation, FullCase, full_case, training_sample
 from training.cases import (CachedCase, CaseSource, HospitalSource, PhantomSource, cache_case, load_cached,
-                            read_hospital_csv)
+                            phantoms, read_hospital_csv)
 from training.config import TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,12 @@ def phantom_sources(config: TrainingConfig) -> tuple[list[PhantomSource], list[P
     ]
     val = [PhantomSource(config.val_seed + i) for i in range(config.phantom_val)]
     return train, val
+
+
+def classifier_phantom_sources(config: TrainingConfig) -> list[PhantomSource]:
+    """The lesion classifier's phantoms: the plain ones, then the hard-ostia ones."""
+    return [*phantoms(config.classifier_seed, config.classifier_phantoms),
+            *phantoms(config.classifier_hard_ostia_seed, config.classifier_hard_ostia_phantoms, hard_ostia=True)]
 
 
 class PatchDataset(Dataset):

@@ -29,7 +29,7 @@ from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
 from training.calibrate import calibrate, with_best_bias
 from training.cases import CaseSource, HospitalSource, phantoms
 from training.config import TrainingConfig
-from training.datamodule import CalciumDataModule
+from training.datamodule import CalciumDataModule, classifier_phantom_sources
 from training.fit_classifier import add_classifier
 from training.module import CalciumSegmenter
 
@@ -165,7 +165,7 @@ def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *
         # Phantoms the network never saw, plus the site's own training series (the only real
         # scans there may be: worth more than the network's overconfidence on them costs).
         site = [s for s in data.train_sources if isinstance(s, HospitalSource)]
-        classifier_sources = [*phantoms(config.classifier_seed, config.classifier_phantoms), *site]
+        classifier_sources = [*classifier_phantom_sources(config), *site]
     if classifier_sources and not fast_dev_run:
         # The second stage; the file gets a new UID and the classifier records the network's (``network_uid``).
         weights = add_classifier(weights, classifier_sources, work_dir / "candidates", workers=config.prepare_workers,
@@ -179,7 +179,8 @@ def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *
         if calibration_sources:
             # Untouched, the classifier's bias is 0: the balanced loss leaves it eager to call calcium.
             labeller = Labeller(weights, ModelConfig(), torch.device("cpu"))
-            weights = with_best_bias(weights, calibrate(labeller, calibration_sources), "calibration_set")
+            weights = with_best_bias(weights, calibrate(labeller, calibration_sources), "calibration_set",
+                                     config.calibration_min_background_bias)
             log.info("lesion classifier background bias %.1f (calibrated on %d cases)",
                      weights.validation["calibration_set"]["background_bias"], len(calibration_sources))
     save_weights(weights, output)
