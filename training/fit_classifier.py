@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m training.fit_classifier models/cacnode-v1.pt --first-seed 60000 --n 1600 --version 1.2.0
+    python -m training.fit_classifier models/cacnode-v1.pt --first-seed 60000 --n 1600 --hard-ostia 400 --version 1.3.0
 
 The network stays as it is; the classifier (``pipeline.candidate_classifier``)
 is fitted on the candidates of phantoms ``first-seed ..`` run through the
