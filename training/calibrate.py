@@ -91,9 +91,8 @@ def with_best_bias(weights: WeightsFile, table: dict[Bias, dict[str, float]], na
     is kept (no weight changes).  On a tie the first pair of ``table`` wins (in
     ``bias_grid`` order: the smaller background bias, then the smaller faint bias).
     ``min_background`` leaves out the pairs with a smaller background bias: on
-    100 validation phantoms with about 45 zero-calcium ones, a lower bias that
-    wins by a few false lesions fewer or more can add specks on unseen scans
-    (model card, session 9).
+    100 validation phantoms a lower bias can win by a case or two and still add
+    specks on unseen scans (model card, session 9).
     """
     allowed = [b for b in table if min_background is None or b[0] >= min_background]
     if not allowed:
