@@ -37,6 +37,7 @@ from scipy import ndimage
 from pipeline.arteries import N_CLASSES
 from pipeline.preprocess import CropBox, cell_index
 from pipeline.scoring import in_plane_structure
+from pipeline.sparse import flat_nonzero
 
 FEATURE_NAMES: tuple[str, ...] = (
     "p_background", "p_lm", "p_lad", "p_lcx", "p_rca", "p_coronary_max",
@@ -127,9 +128,9 @@ def candidate_features(
     ids, n = find_candidates(hu_crop, threshold_hu, connectivity)
     if n == 0:
         return Candidates(ids, np.zeros((0, N_FEATURES), dtype=np.float32), np.zeros((0, 3)))
-    voxels = np.flatnonzero(ids)
+    voxels = flat_nonzero(ids)
     z, r, c = np.unravel_index(voxels, ids.shape)
-    which = ids.ravel()[voxels].astype(np.int64) - 1
+    which = ids.reshape(-1)[voxels].astype(np.int64) - 1
     size = np.bincount(which, minlength=n).astype(np.float64)
     per_candidate = _PerCandidate(which, size)
 
@@ -146,13 +147,13 @@ def candidate_features(
     past = coronary_max >= gate
     full = np.flatnonzero(past)
     if full.size:
+        volume, z_extent, inplane_extent = _object_features(ids > 0, voxels, z, r, c, which, n, pixel_spacing_mm,
+                                                            increment_mm)
         keep = past[which]
         z, r, c, which = z[keep], r[keep], c[keep], which[keep]
         kept = _PerCandidate(which, size)  # every voxel of a kept candidate is kept: same sizes
         values = hu_crop[z, r, c].astype(np.float64)
         pixel_area = pixel_spacing_mm[0] * pixel_spacing_mm[1]
-        volume, z_extent, inplane_extent = _object_features(ids > 0, z, r, c, which, n, pixel_spacing_mm,
-                                                            increment_mm)
         # Position relative to the heart centre, as the network's position channels measure it.
         z_mm = (centre[0] - (hu_crop.shape[0] - 1) / 2.0) * increment_mm
         row_mm = (centre[1] + 0.5 - box.centre_row) * pixel_spacing_mm[0]
@@ -196,22 +197,29 @@ class _PerCandidate:
 
 
 def _object_features(
-    mask: np.ndarray, z: np.ndarray, r: np.ndarray, c: np.ndarray, which: np.ndarray, n: int,
+    mask: np.ndarray, voxels: np.ndarray, z: np.ndarray, r: np.ndarray, c: np.ndarray, which: np.ndarray, n: int,
     pixel_spacing_mm: tuple[float, float], increment_mm: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per candidate: volume (mm^3), z extent and in-plane extent (mm) of its 26-connected 3-D object.
 
-    Rows of candidates without a voxel in (z, r, c) are meaningless.
+    ``voxels`` are the voxels of ``mask`` (every candidate voxel, flat
+    indices), ``z, r, c`` their coordinates and ``which`` their 0-based
+    candidate.  Sizes and extents are counted over those voxels only, not over
+    the whole crop, most of which is empty.
     """
     objects, n_objects = ndimage.label(mask, structure=_CUBE)
-    counts = np.bincount(objects.ravel(), minlength=n_objects + 1).astype(np.float64)
-    extent = np.ones((n_objects + 1, 3))
-    extent[1:] = [[s.stop - s.start for s in found] for found in ndimage.find_objects(objects)]
+    objects = objects.reshape(-1)[voxels]
+    counts = np.bincount(objects, minlength=n_objects + 1).astype(np.float64)
+    low = np.full((n_objects + 1, 3), np.iinfo(np.int64).max)
+    high = np.full((n_objects + 1, 3), -1)
+    for axis, v in enumerate((z, r, c)):
+        np.minimum.at(low[:, axis], objects, v)
+        np.maximum.at(high[:, axis], objects, v)
+    extent = (high - low + 1).astype(np.float64)  # stop - start, as ndimage.find_objects gives them
     # Every voxel of candidate i lies in one object: take it from any of them.
     first = np.zeros(n, dtype=np.int64)
-    first[which] = objects[z, r, c]
-    voxel_volume = pixel_spacing_mm[0] * pixel_spacing_mm[1] * increment_mm
-    volume = counts[first] * voxel_volume
+    first[which] = objects
+    volume = counts[first] * (pixel_spacing_mm[0] * pixel_spacing_mm[1] * increment_mm)
     z_extent = extent[first, 0] * increment_mm
     inplane = np.hypot(extent[first, 1] * pixel_spacing_mm[0], extent[first, 2] * pixel_spacing_mm[1])
     return volume, z_extent, inplane
@@ -223,7 +231,9 @@ def _context(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], sides_m
 
     A candidate lies on one slice: each is filtered on the block its windows
     reach (``_blocks``), blocks of like size stacked into one call -- the
-    numbers of a whole-crop filter at a fraction of the work.
+    numbers of a whole-crop filter at a fraction of the work.  The filter
+    runs along rows, then along columns (as ``ndimage.uniform_filter`` does);
+    the second pass only on the block rows that hold a candidate voxel.
     """
     sizes = [(max(3, int(round(side / pixel_spacing_mm[0]))) | 1, max(3, int(round(side / pixel_spacing_mm[1]))) | 1)
              for side in sides_mm]
@@ -241,24 +251,36 @@ def _context(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], sides_m
         group = np.flatnonzero(bucket == b)
         shape = tuple(int(x) for x in 2**b + 2 * reach)
         block = _blocks(hu_crop, z[first[group]], low[group] - reach, shape)
-        bands = _bands(block)
+        # Band pixels counted down each column: a window's count is a difference of two rows.
+        # (Row by row: several times faster than np.cumsum along this axis.)
+        bands = _bands(block).view(np.int8)
+        counts = np.zeros((4, len(group), shape[0] + 1, shape[1]), dtype=np.int16)  # a block has < 32768 rows
+        for i in range(shape[0]):
+            np.add(counts[:, :, i], bands[:, :, i], out=counts[:, :, i + 1])
         voxels = np.flatnonzero(np.isin(slot, group))
         k = np.searchsorted(group, slot[voxels])
-        at = (k, r[order[voxels]] - low[group][k, 0] + reach[0], c[order[voxels]] - low[group][k, 1] + reach[1])
-        for s, size in enumerate(sizes):
-            for i, band in enumerate(bands):
-                share = ndimage.uniform_filter(band, size=(1, *size), mode="nearest")
-                shares[s, i, order[voxels]] = share[at]
+        row = r[order[voxels]] - low[group][k, 0] + reach[0]
+        col = c[order[voxels]] - low[group][k, 1] + reach[1]
+        lines, line_of = np.unique(k * shape[0] + row, return_inverse=True)  # the (block, row) pairs voxels lie on
+        line_block, line_row = np.divmod(lines, shape[0])
+        for s, (rows_size, cols_size) in enumerate(sizes):
+            half = rows_size // 2  # windows stay inside the block: reach >= half
+            in_window = (counts[:, line_block, line_row + half + 1] - counts[:, line_block, line_row - half])
+            # The first pass of uniform_filter, float32(count / size) exactly (k / size is never a tie),
+            # then its second pass, along each line.
+            by_rows = (in_window / rows_size).astype(np.float32)
+            share = ndimage.uniform_filter1d(by_rows, cols_size, axis=2, mode="nearest")
+            shares[s, :, order[voxels]] = share[:, line_of, col].T
     return [np.column_stack([per_candidate.mean(v) for v in per_size]) for per_size in shares]
 
 
-def _bands(hu: np.ndarray) -> tuple[np.ndarray, ...]:
-    """float32 masks of fat, soft tissue, lung/air and calcium (the context bands)."""
+def _bands(hu: np.ndarray) -> np.ndarray:
+    """Boolean masks (4, *hu.shape) of fat, soft tissue, lung/air and calcium (the context bands)."""
     air = hu < _AIR_BELOW
     fat = (hu >= _AIR_BELOW) & (hu < _FAT_BELOW)
     calcium = hu >= 130.0
     soft = ~(air | fat | calcium)
-    return tuple(band.astype(np.float32) for band in (fat, soft, air, calcium))
+    return np.stack((fat, soft, air, calcium))
 
 
 def _blocks(hu_crop: np.ndarray, z: np.ndarray, low: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -366,8 +388,10 @@ def _pooled_views(hu_crop: np.ndarray, centres: np.ndarray, slice_offsets: tuple
     sums = np.zeros((n, len(slice_offsets), side, side), dtype=np.float32)
     peak = np.full((n, side, side), -np.inf, dtype=np.float32)
     mask = np.zeros((n, side, side), dtype=bool)
-    slices = [np.clip(zc + dz, 0, n_slices - 1)[:, None, None] for dz in slice_offsets]
+    # Flat indices into the crop: one gather per slice and sample instead of three index arrays.
+    slice_starts = [np.clip(zc + dz, 0, n_slices - 1)[:, None, None] * (n_rows * n_cols) for dz in slice_offsets]
     middle = slice_offsets.index(0)
+    flat_hu = hu_crop.reshape(-1)
     for i in range(sub[0]):
         r_mm = step + ((i + 0.5) / sub[0] - 0.5) * pixel_mm
         rows = np.round(centres[:, 1, None] + r_mm[None] / pixel_spacing_mm[0]).astype(np.int64)
@@ -375,14 +399,14 @@ def _pooled_views(hu_crop: np.ndarray, centres: np.ndarray, slice_offsets: tuple
             c_mm = step + ((j + 0.5) / sub[1] - 0.5) * pixel_mm
             cols = np.round(centres[:, 2, None] + c_mm[None] / pixel_spacing_mm[1]).astype(np.int64)
             inside = ((rows >= 0) & (rows < n_rows))[:, :, None] & ((cols >= 0) & (cols < n_cols))[:, None, :]
-            ri = np.clip(rows, 0, n_rows - 1)[:, :, None]
-            ci = np.clip(cols, 0, n_cols - 1)[:, None, :]
-            for k, z in enumerate(slices):
-                hu = np.where(inside, hu_crop[z, ri, ci], air)
+            in_slice = np.clip(rows, 0, n_rows - 1)[:, :, None] * n_cols + np.clip(cols, 0, n_cols - 1)[:, None, :]
+            for k, start in enumerate(slice_starts):
+                hu = flat_hu.take(start + in_slice)
+                hu[~inside] = air
                 sums[:, k] += hu
                 if k == middle:
-                    peak = np.maximum(peak, hu)
+                    np.maximum(peak, hu, out=peak)
             if centre_ids is not None:
                 ids, label = centre_ids
-                mask |= inside & (ids[slices[middle], ri, ci] == label)
+                mask |= inside & (ids.reshape(-1).take(slice_starts[middle] + in_slice) == label)
     return sums / (sub[0] * sub[1]), peak, mask

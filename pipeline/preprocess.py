@@ -160,12 +160,32 @@ class ToGrid:
         self.candidate_hu = candidate_hu
 
     def __call__(self, hu_crop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        t = torch.from_numpy(np.ascontiguousarray(hu_crop, dtype=np.float32))[:, None]
-        size = (self.grid, self.grid)
-        mean = F.adaptive_avg_pool2d(t, size)[:, 0]
-        peak = F.adaptive_max_pool2d(t, size)[:, 0]
-        candidate = (peak >= self.candidate_hu).to(torch.float32)
-        return mean.numpy(), peak.numpy(), candidate.numpy()
+        hu_crop = np.ascontiguousarray(hu_crop, dtype=np.float32)
+        mean = F.adaptive_avg_pool2d(torch.from_numpy(hu_crop)[:, None], (self.grid, self.grid))[:, 0].numpy()
+        peak = adaptive_max(hu_crop, self.grid)
+        return mean, peak, (peak >= self.candidate_hu).astype(np.float32)
+
+
+def _pooling_windows(n_in: int, n_out: int) -> np.ndarray:
+    """Indices (n_out, k) of the input cells each output cell pools, as adaptive pooling takes them
+    (cell i: ``floor(i n_in / n_out)`` to ``ceil((i + 1) n_in / n_out)``); a shorter window repeats its last."""
+    i = np.arange(n_out)
+    start = (i * n_in) // n_out
+    end = -((-(i + 1) * n_in) // n_out)
+    return np.minimum(start[:, None] + np.arange(int((end - start).max())), end[:, None] - 1)
+
+
+def adaptive_max(volume: np.ndarray, grid: int) -> np.ndarray:
+    """``torch.nn.functional.adaptive_max_pool2d`` of each slice to (grid, grid), as two 1-D maxima
+    (rows, then columns): the same numbers, about twice as fast on the CPU."""
+    rows, cols = _pooling_windows(volume.shape[1], grid), _pooling_windows(volume.shape[2], grid)
+    by_rows = volume[:, rows[:, 0]]
+    for k in range(1, rows.shape[1]):
+        np.maximum(by_rows, volume[:, rows[:, k]], out=by_rows)
+    peak = by_rows[:, :, cols[:, 0]]
+    for k in range(1, cols.shape[1]):
+        np.maximum(peak, by_rows[:, :, cols[:, k]], out=peak)
+    return peak
 
 
 class NormaliseIntensity:
@@ -201,8 +221,9 @@ def position_channels(box: CropBox, n_slices: int, grid: int, pixel_spacing_mm: 
     r = (offset_r + (np.arange(grid) + 0.5) * cell_r) / scale_mm
     c = (offset_c + (np.arange(grid) + 0.5) * cell_c) / scale_mm
     z = (np.arange(n_slices) - (n_slices - 1) / 2.0) * increment_mm / scale_mm
-    zz, rr, cc = np.meshgrid(z, r, c, indexing="ij")
-    return np.stack([zz, rr, cc]).astype(np.float32)
+    out = np.empty((3, n_slices, grid, grid), dtype=np.float32)
+    out[0], out[1], out[2] = z[:, None, None], r[None, :, None], c[None, None, :]
+    return out
 
 
 class Preprocess:

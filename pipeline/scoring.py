@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.arteries import ARTERIES
+from pipeline.sparse import flat_nonzero
 
 # Area comparisons tolerate float rounding of n_pixels * row * col (e.g. 100 px
 # at 0.1 mm is 1.0000000000000002 mm2): a component exactly at the limit is kept.
@@ -183,7 +184,7 @@ def score_calcium(
         raise ValueError(f"label map holds values {unknown.tolist()} outside 0-4")
     # Every counted component of an artery lies inside the box of that artery's
     # calcium, so scoring the box gives the whole volume's numbers, much faster.
-    z, y, x = np.unravel_index(np.flatnonzero(labels), labels.shape)  # few voxels: threshold those only
+    z, y, x = np.unravel_index(flat_nonzero(labels), labels.shape)  # few voxels: threshold those only
     calcified = hu[z, y, x] >= profile.threshold_hu
     z, y, x = z[calcified], y[calcified], x[calcified]
     artery_of = labels[z, y, x]

@@ -1,0 +1,67 @@
+"""The fast forms of whole-array operations used at inference give exactly the numbers of the plain ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from pipeline.candidate_features import _CUBE, _object_features, find_candidates
+from pipeline.heart import _SLICE_2D, _fill_holes_per_slice
+from pipeline.preprocess import adaptive_max
+from pipeline.sparse import flat_nonzero
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64, np.float32, bool])
+def test_flat_nonzero_equals_numpy(dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    for shape in [(3, 7, 5), (4, 8, 8), (1, 1, 1), (2, 0, 3), (5, 9, 11)]:
+        a = (rng.random(shape) < 0.1).astype(dtype)
+        np.testing.assert_array_equal(flat_nonzero(a), np.flatnonzero(a))
+        np.testing.assert_array_equal(flat_nonzero(a[:, ::2]), np.flatnonzero(a[:, ::2]))  # not contiguous
+    empty = np.zeros((4, 6, 8), dtype=dtype)
+    assert flat_nonzero(empty).size == 0
+
+
+@pytest.mark.parametrize("size", [244, 168, 112, 57, 301])
+def test_adaptive_max_equals_torch(size: int) -> None:
+    x = np.random.default_rng(size).normal(0, 300, (3, size, size + 5)).astype(np.float32)
+    expected = F.adaptive_max_pool2d(torch.from_numpy(x)[:, None], (112, 112))[:, 0].numpy()
+    np.testing.assert_array_equal(adaptive_max(x, 112), expected)
+
+
+def test_fill_holes_per_slice_equals_binary_fill_holes() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        mask = rng.random(tuple(rng.integers(1, 16, 3))) < rng.uniform(0.2, 0.9)
+        np.testing.assert_array_equal(_fill_holes_per_slice(mask),
+                                      ndimage.binary_fill_holes(mask, structure=_SLICE_2D))
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_object_features_equal_a_whole_volume_labelling(connectivity: int) -> None:
+    """Volumes and extents of the 26-connected objects, from the candidate voxels only, equal those
+    of labelling the whole mask and ndimage.find_objects."""
+    rng = np.random.default_rng(connectivity)
+    hu = np.where(rng.random((9, 30, 40)) < 0.08, 400.0, 0.0).astype(np.float32)
+    ids, n = find_candidates(hu, 130.0, connectivity)
+    voxels = np.flatnonzero(ids)
+    z, r, c = np.unravel_index(voxels, ids.shape)
+    which = ids.reshape(-1)[voxels].astype(np.int64) - 1
+    spacing, increment = (0.5, 0.7), 2.5
+    volume, z_extent, inplane = _object_features(ids > 0, voxels, z, r, c, which, n, spacing, increment)
+
+    objects, _ = ndimage.label(ids > 0, structure=_CUBE)
+    boxes = ndimage.find_objects(objects)
+    object_of = np.zeros(n, dtype=np.int64)
+    object_of[which] = objects.reshape(-1)[voxels]
+    counts = np.bincount(objects.ravel())
+    for i in range(n):
+        box = boxes[object_of[i] - 1]
+        extent = [s.stop - s.start for s in box]
+        assert volume[i] == counts[object_of[i]] * (spacing[0] * spacing[1] * increment)
+        assert z_extent[i] == extent[0] * increment
+        assert inplane[i] == np.hypot(extent[1] * spacing[0], extent[2] * spacing[1])
+    assert len(np.unique(volume)) > 3 and np.any(z_extent > increment)  # objects of several sizes, across slices
