@@ -29,6 +29,7 @@ training (cached crops) and inference (whole series) see the same numbers.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,12 +96,6 @@ def area_and_peak(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return area, peak
 
 
-def find_candidates(hu_crop: np.ndarray, threshold_hu: float, connectivity: int) -> tuple[np.ndarray, int]:
-    """2-D components of ``hu >= threshold_hu`` per slice: (ids, count)."""
-    ids, n = ndimage.label(hu_crop >= threshold_hu, structure=in_plane_structure(connectivity))
-    return ids.astype(np.int32, copy=False), int(n)
-
-
 def candidate_features(
     hu_crop: np.ndarray,
     probabilities: np.ndarray,
@@ -125,10 +120,16 @@ def candidate_features(
         the others (which the classifier never looks at, ``gated``) keep the
         network's columns and NaN elsewhere.  0 computes every row.
     """
-    ids, n = find_candidates(hu_crop, threshold_hu, connectivity)
+    mask = hu_crop >= threshold_hu
+    with ThreadPoolExecutor(max_workers=1) as beside:
+        # The 3-D objects beside the 2-D candidates: ndimage.label lets go of the GIL.
+        objects = beside.submit(ndimage.label, mask, _CUBE)
+        ids, n = ndimage.label(mask, structure=in_plane_structure(connectivity))
+        ids = ids.astype(np.int32, copy=False)
+        object_map = objects.result()[0]
     if n == 0:
         return Candidates(ids, np.zeros((0, N_FEATURES), dtype=np.float32), np.zeros((0, 3)))
-    voxels = flat_nonzero(ids)
+    voxels = flat_nonzero(mask)
     z, r, c = np.unravel_index(voxels, ids.shape)
     which = ids.reshape(-1)[voxels].astype(np.int64) - 1
     size = np.bincount(which, minlength=n).astype(np.float64)
@@ -147,7 +148,7 @@ def candidate_features(
     past = coronary_max >= gate
     full = np.flatnonzero(past)
     if full.size:
-        volume, z_extent, inplane_extent = _object_features(ids > 0, voxels, z, r, c, which, n, pixel_spacing_mm,
+        volume, z_extent, inplane_extent = _object_features(object_map, voxels, z, r, c, which, n, pixel_spacing_mm,
                                                             increment_mm)
         keep = past[which]
         z, r, c, which = z[keep], r[keep], c[keep], which[keep]
@@ -197,18 +198,19 @@ class _PerCandidate:
 
 
 def _object_features(
-    mask: np.ndarray, voxels: np.ndarray, z: np.ndarray, r: np.ndarray, c: np.ndarray, which: np.ndarray, n: int,
-    pixel_spacing_mm: tuple[float, float], increment_mm: float,
+    object_map: np.ndarray, voxels: np.ndarray, z: np.ndarray, r: np.ndarray, c: np.ndarray, which: np.ndarray,
+    n: int, pixel_spacing_mm: tuple[float, float], increment_mm: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per candidate: volume (mm^3), z extent and in-plane extent (mm) of its 26-connected 3-D object.
 
-    ``voxels`` are the voxels of ``mask`` (every candidate voxel, flat
-    indices), ``z, r, c`` their coordinates and ``which`` their 0-based
-    candidate.  Sizes and extents are counted over those voxels only, not over
-    the whole crop, most of which is empty.
+    ``object_map`` labels those objects (``ndimage.label`` of the candidate
+    mask with ``_CUBE``); ``voxels`` are every candidate voxel (flat indices),
+    ``z, r, c`` their coordinates and ``which`` their 0-based candidate.  Sizes
+    and extents are counted over those voxels only, not over the whole crop,
+    most of which is empty.
     """
-    objects, n_objects = ndimage.label(mask, structure=_CUBE)
-    objects = objects.reshape(-1)[voxels]
+    objects = object_map.reshape(-1)[voxels]
+    n_objects = int(objects.max())
     counts = np.bincount(objects, minlength=n_objects + 1).astype(np.float64)
     low = np.full((n_objects + 1, 3), np.iinfo(np.int64).max)
     high = np.full((n_objects + 1, 3), -1)

@@ -74,7 +74,7 @@ def locate_heart(
     """Find the heart of a CT volume (see the module docstring for the method)."""
     n_slices = hu.shape[0]
     step = max(1, int(round(settings.step_mm / min(pixel_spacing_mm))))
-    small = hu[:, ::step, ::step]
+    small = np.ascontiguousarray(hu[:, ::step, ::step])  # read several times below: one strided read
     sampling = (float(increment_mm), pixel_spacing_mm[0] * step, pixel_spacing_mm[1] * step)
     voxel_ml = float(np.prod(sampling)) / 1000.0
 
@@ -134,9 +134,18 @@ def _body_mask(hu: np.ndarray, body_hu: float) -> np.ndarray:
     # A large patient is cut by the reconstruction field of view, and a lung touching
     # the image edge is then no "hole".  Also fill every pixel lying between body
     # pixels along its row or along its column (the trunk is nearly convex).
-    along_rows = np.maximum.accumulate(body, axis=2) & np.maximum.accumulate(body[:, :, ::-1], axis=2)[:, :, ::-1]
-    along_cols = np.maximum.accumulate(body, axis=1) & np.maximum.accumulate(body[:, ::-1], axis=1)[:, ::-1]
-    return _fill_holes_per_slice(body) | along_rows | along_cols
+    return _fill_holes_per_slice(body) | _first_to_last(body, axis=2) | _first_to_last(body, axis=1)
+
+
+def _first_to_last(mask: np.ndarray, axis: int) -> np.ndarray:
+    """True from the first to the last True of each line of ``mask`` along ``axis``, both included."""
+    n = mask.shape[axis]
+    first = np.expand_dims(np.argmax(mask, axis=axis), axis)
+    last = n - 1 - np.expand_dims(np.argmax(np.flip(mask, axis=axis), axis=axis), axis)
+    shape = [1] * mask.ndim
+    shape[axis] = n
+    position = np.arange(n).reshape(shape)
+    return (position >= first) & (position <= last) & np.expand_dims(mask.any(axis=axis), axis)
 
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
@@ -164,9 +173,7 @@ def _lung_mask(hu: np.ndarray, body: np.ndarray, lung_hu: float, min_voxels: flo
 
 def _between_lungs(lungs: np.ndarray) -> np.ndarray:
     """Voxels with lung both to their left and to their right on the same image row."""
-    left = np.maximum.accumulate(lungs, axis=2)
-    right = np.maximum.accumulate(lungs[:, :, ::-1], axis=2)[:, :, ::-1]
-    return left & right & ~lungs
+    return _first_to_last(lungs, axis=2) & ~lungs
 
 
 def _slab(z0: int, z1: int, increment_mm: float, n_slices: int, s: HeartLocatorSettings) -> tuple[int, int]:

@@ -19,6 +19,7 @@ Runs on the GPU when one is present (``device = "auto"``), otherwise on the CPU.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -162,7 +163,7 @@ class CandidateDecisions:
         """uint8 labels of the crop, given the class of each candidate looked at."""
         per_candidate = np.zeros(self.candidates.count + 1, dtype=np.uint8)
         per_candidate[self.looked_at + 1] = classes
-        return per_candidate[self.candidates.ids]
+        return per_candidate.take(self.candidates.ids)  # take: faster than indexing with the id map
 
 
 def decide_candidates(classifier: CandidateClassifier, looked: LookedAt) -> CandidateDecisions:
@@ -198,14 +199,16 @@ def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, thresh
     """
     hu_crop = extract(hu, prepared.box, AIR_HU)
     spacing, increment = prepared.pixel_spacing_mm, prepared.increment_mm
-    probabilities = torch.softmax(logits.float(), dim=0).numpy()
-    found = candidate_features(hu_crop, probabilities, local_box(prepared.box), spacing, increment, threshold_hu,
-                               connectivity, gate)
-    look = np.flatnonzero(gated(torch.from_numpy(found.features), gate).numpy())
-    patches = candidate_patches(hu_crop, found, look, spacing, increment)
-    # The wide view costs about 0.05 s a series: only for a classifier that uses it.
-    views = wide_patches(hu_crop, found, look, spacing, increment) if wide else None
-    return LookedAt(found, look, patches, views, noise_sd_hu(hu_crop))
+    with ThreadPoolExecutor(max_workers=1) as beside:
+        noise = beside.submit(noise_sd_hu, hu_crop)  # numpy work that lets go of the GIL, beside the features
+        probabilities = torch.softmax(logits.float(), dim=0).numpy()
+        found = candidate_features(hu_crop, probabilities, local_box(prepared.box), spacing, increment,
+                                   threshold_hu, connectivity, gate)
+        look = np.flatnonzero(gated(torch.from_numpy(found.features), gate).numpy())
+        patches = candidate_patches(hu_crop, found, look, spacing, increment)
+        # The wide view costs about 0.05 s a series: only for a classifier that uses it.
+        views = wide_patches(hu_crop, found, look, spacing, increment) if wide else None
+        return LookedAt(found, look, patches, views, noise.result())
 
 
 def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, device: torch.device) -> torch.Tensor:

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from pipeline.candidate_features import _CUBE, _object_features, find_candidates
+from pipeline.candidate_features import _CUBE, _object_features
 from pipeline.heart import _SLICE_2D, _fill_holes_per_slice
 from pipeline.preprocess import adaptive_max
+from pipeline.scoring import in_plane_structure
 from pipeline.sparse import flat_nonzero
 
 
@@ -42,18 +43,18 @@ def test_fill_holes_per_slice_equals_binary_fill_holes() -> None:
 
 @pytest.mark.parametrize("connectivity", [4, 8])
 def test_object_features_equal_a_whole_volume_labelling(connectivity: int) -> None:
-    """Volumes and extents of the 26-connected objects, from the candidate voxels only, equal those
-    of labelling the whole mask and ndimage.find_objects."""
+    """Volumes and extents of the 26-connected objects, counted over the candidate voxels only, equal
+    those of the whole label map and ndimage.find_objects."""
     rng = np.random.default_rng(connectivity)
     hu = np.where(rng.random((9, 30, 40)) < 0.08, 400.0, 0.0).astype(np.float32)
-    ids, n = find_candidates(hu, 130.0, connectivity)
+    ids, n = ndimage.label(hu >= 130.0, structure=in_plane_structure(connectivity))
     voxels = np.flatnonzero(ids)
     z, r, c = np.unravel_index(voxels, ids.shape)
     which = ids.reshape(-1)[voxels].astype(np.int64) - 1
     spacing, increment = (0.5, 0.7), 2.5
-    volume, z_extent, inplane = _object_features(ids > 0, voxels, z, r, c, which, n, spacing, increment)
-
     objects, _ = ndimage.label(ids > 0, structure=_CUBE)
+    volume, z_extent, inplane = _object_features(objects, voxels, z, r, c, which, n, spacing, increment)
+
     boxes = ndimage.find_objects(objects)
     object_of = np.zeros(n, dtype=np.int64)
     object_of[which] = objects.reshape(-1)[voxels]
