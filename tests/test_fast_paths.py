@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from pipeline.candidate_features import _CUBE, _object_features
-from pipeline.heart import _SLICE_2D, _fill_holes_per_slice
+from pipeline.heart import _SLICE_2D, _fill_holes_per_slice, _first_to_last
 from pipeline.preprocess import adaptive_max
 from pipeline.scoring import in_plane_structure
 from pipeline.sparse import flat_nonzero
@@ -66,3 +66,13 @@ def test_object_features_equal_a_whole_volume_labelling(connectivity: int) -> No
         assert z_extent[i] == extent[0] * increment
         assert inplane[i] == np.hypot(extent[1] * spacing[0], extent[2] * spacing[1])
     assert len(np.unique(volume)) > 3 and np.any(z_extent > increment)  # objects of several sizes, across slices
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_first_to_last_equals_running_maxima_both_ways(axis: int) -> None:
+    rng = np.random.default_rng(axis)
+    mask = rng.random((5, 13, 11)) < 0.15
+    mask[0] = False  # lines without any True stay False
+    forward = np.maximum.accumulate(mask, axis=axis)
+    backward = np.flip(np.maximum.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis)
+    np.testing.assert_array_equal(_first_to_last(mask, axis), forward & backward)
