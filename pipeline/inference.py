@@ -76,7 +76,7 @@ class Labeller:
         self.weights = weights
         self.config = config
         self.device = device
-        self.preprocess = Preprocess(weights.preprocess)
+        self.preprocess = Preprocess(weights.preprocess, device)
         self.model: UNet3D = weights.build_model().to(device)
         self.classifier: CandidateClassifier | None = (
             weights.classifier.build().to(device) if weights.classifier is not None else None

@@ -153,17 +153,35 @@ def insert(volume: np.ndarray, crop: np.ndarray, box: CropBox) -> None:
 
 
 class ToGrid:
-    """HU crop (z, rows, cols) -> mean HU, peak HU, candidate, each (z, grid, grid)."""
+    """HU crop (z, rows, cols) -> mean HU, peak HU, candidate, each (z, grid, grid).
 
-    def __init__(self, grid: int, candidate_hu: float) -> None:
+    On the CPU the peak is pooled by numpy (``adaptive_max``, twice as fast as
+    torch there); with a GPU ``device`` both poolings run on it (the crop goes
+    over once), which leaves the CPU free for the rest of inference.
+    """
+
+    def __init__(self, grid: int, candidate_hu: float, device: torch.device = torch.device("cpu")) -> None:
         self.grid = grid
         self.candidate_hu = candidate_hu
+        self.device = device
 
     def __call__(self, hu_crop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         hu_crop = np.ascontiguousarray(hu_crop, dtype=np.float32)
+        if self.device.type != "cpu":
+            return pool_with_torch(hu_crop, self.grid, self.candidate_hu, self.device)
         mean = F.adaptive_avg_pool2d(torch.from_numpy(hu_crop)[:, None], (self.grid, self.grid))[:, 0].numpy()
         peak = adaptive_max(hu_crop, self.grid)
         return mean, peak, (peak >= self.candidate_hu).astype(np.float32)
+
+
+def pool_with_torch(hu_crop: np.ndarray, grid: int, candidate_hu: float,
+                    device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ToGrid`` by torch on ``device``: mean HU, peak HU, candidate as numpy arrays."""
+    t = torch.from_numpy(hu_crop).to(device)[:, None]
+    mean = F.adaptive_avg_pool2d(t, (grid, grid))[:, 0]
+    peak = F.adaptive_max_pool2d(t, (grid, grid))[:, 0]
+    candidate = (peak >= candidate_hu).to(torch.float32)
+    return mean.cpu().numpy(), peak.cpu().numpy(), candidate.cpu().numpy()
 
 
 def _pooling_windows(n_in: int, n_out: int) -> np.ndarray:
@@ -229,11 +247,11 @@ def position_channels(box: CropBox, n_slices: int, grid: int, pixel_spacing_mm: 
 class Preprocess:
     """The whole composition: HU volume -> :class:`Prepared` network input."""
 
-    def __init__(self, config: PreprocessConfig) -> None:
+    def __init__(self, config: PreprocessConfig, device: torch.device = torch.device("cpu")) -> None:
         self.config = config
         self.locate = LocateHeart(config.heart)
         self.crop = CropAroundHeart(config.crop_mm)
-        self.to_grid = ToGrid(config.grid, config.candidate_hu)
+        self.to_grid = ToGrid(config.grid, config.candidate_hu, device)  # pools on the GPU when given one
         self.normalise = NormaliseIntensity(config.tissue_window_hu, config.scale_hu, config.clip)
 
     def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float) -> Prepared:

@@ -76,3 +76,15 @@ def test_first_to_last_equals_running_maxima_both_ways(axis: int) -> None:
     forward = np.maximum.accumulate(mask, axis=axis)
     backward = np.flip(np.maximum.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis)
     np.testing.assert_array_equal(_first_to_last(mask, axis), forward & backward)
+
+
+def test_pooling_with_torch_as_on_a_gpu_equals_the_cpu_grid() -> None:
+    """``ToGrid`` pools with torch on a GPU; the same function on the CPU gives the CPU path's numbers."""
+    from pipeline.preprocess import ToGrid, pool_with_torch
+
+    crop = np.random.default_rng(5).normal(0, 300, (4, 150, 160)).astype(np.float32)
+    on_cpu = ToGrid(48, 130.0)(crop)
+    by_torch = pool_with_torch(crop, 48, 130.0, torch.device("cpu"))
+    for expected, got in zip(on_cpu, by_torch):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected)
