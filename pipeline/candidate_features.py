@@ -137,7 +137,8 @@ def candidate_features(
 
     grid = probabilities.shape[-1]
     rows, cols = cell_index(box, grid)
-    voxel_probs = probabilities[:, z, rows[r], cols[c]].astype(np.float64)  # (N_CLASSES, voxels)
+    cell = (z * grid + rows[r]) * grid + cols[c]  # flat index of each voxel's grid cell
+    voxel_probs = probabilities.reshape(N_CLASSES, -1).take(cell, axis=1).astype(np.float64)  # (N_CLASSES, voxels)
     mean_probs = np.stack([per_candidate.mean(p) for p in voxel_probs], axis=1)
     coronary_max = per_candidate.max(1.0 - voxel_probs[0])
     centre = tuple(per_candidate.mean(v.astype(np.float64)) for v in (z, r, c))
