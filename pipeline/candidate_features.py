@@ -269,8 +269,9 @@ def _context(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], sides_m
         for s, (rows_size, cols_size) in enumerate(sizes):
             half = rows_size // 2  # windows stay inside the block: reach >= half
             in_window = (counts[:, line_block, line_row + half + 1] - counts[:, line_block, line_row - half])
-            # The first pass of uniform_filter, float32(count / size) exactly (k / size is never a tie),
-            # then its second pass, along each line.
+            # uniform_filter's first pass is float32(count / size): with an odd size a count / size
+            # is never halfway between two float32 values, so its running sum's last-bit drift
+            # cannot change the rounding.  Its second pass runs as it would, along each line.
             by_rows = (in_window / rows_size).astype(np.float32)
             share = ndimage.uniform_filter1d(by_rows, cols_size, axis=2, mode="nearest")
             shares[s, :, order[voxels]] = share[:, line_of, col].T
