@@ -88,3 +88,34 @@ def test_pooling_with_torch_as_on_a_gpu_equals_the_cpu_grid() -> None:
     for expected, got in zip(on_cpu, by_torch):
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 0.6), (0.42, 0.42)])
+def test_context_shares_equal_the_whole_crop_filter_bit_for_bit(spacing: tuple[float, float]) -> None:
+    """The context columns, from column counts on blocks, equal ``ndimage.uniform_filter`` of the whole
+    crop averaged over each candidate's voxels, exactly (candidates at the crop's edges included)."""
+    from pipeline.arteries import N_CLASSES
+    from pipeline.candidate_features import FEATURE_NAMES, candidate_features
+    from pipeline.preprocess import CropBox
+
+    rng = np.random.default_rng(7)
+    hu = rng.choice([-600.0, -100.0, 40.0, 300.0], size=(5, 90, 80), p=[0.2, 0.35, 0.38, 0.07]).astype(np.float32)
+    hu[1, 0:3, 0:4] = 600.0
+    hu[3, 86:90, 40:43] = 500.0
+    probabilities = rng.dirichlet(np.ones(N_CLASSES), size=(5, 20, 20)).transpose(3, 0, 1, 2).astype(np.float32)
+    box = CropBox(0, 5, 0, 0, 90, 80, 45.0, 40.0, True)
+    found = candidate_features(hu, probabilities, box, spacing, 2.5, 130.0, 8)
+    voxels = np.flatnonzero(found.ids)
+    which = found.ids.reshape(-1)[voxels] - 1
+    size = np.bincount(which, minlength=found.count).astype(np.float64)
+    air, fat, calcium = hu < -250.0, (hu >= -250.0) & (hu < -30.0), hu >= 130.0
+    bands = {"fat": fat, "soft": ~(air | fat | calcium), "air": air, "calcium": calcium}
+    for prefix, side_mm in (("near", 7.0), ("wide", 17.0)):
+        window = (1, max(3, round(side_mm / spacing[0])) | 1, max(3, round(side_mm / spacing[1])) | 1)
+        for name, band in bands.items():
+            whole = ndimage.uniform_filter(band.astype(np.float32), size=window, mode="nearest")
+            expected = np.bincount(which, weights=whole.reshape(-1)[voxels].astype(np.float64),
+                                   minlength=found.count) / size
+            got = found.features[:, FEATURE_NAMES.index(f"{prefix}_{name}")]
+            np.testing.assert_array_equal(got, expected.astype(np.float32))
+    assert found.count > 40
