@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.heart import HeartLocation, HeartLocatorSettings, locate_heart
+from pipeline.sparse import flat_nonzero
 
 N_INPUT_CHANNELS = 6  # mean HU, peak HU, candidate, z, row, column
 AIR_HU = -1000.0
@@ -285,7 +286,7 @@ def labels_to_grid(labels_crop: np.ndarray, grid: int, n_classes: int) -> np.nda
     """
     n_slices, n_rows, n_cols = labels_crop.shape
     out = np.zeros((n_slices, grid, grid), dtype=np.uint8)
-    z, r, c = np.nonzero(labels_crop)
+    z, r, c = np.unravel_index(flat_nonzero(labels_crop), labels_crop.shape)  # labels are sparse
     if z.size == 0:
         return out
     cls = labels_crop[z, r, c].astype(np.int64)
