@@ -1,8 +1,13 @@
 """Inference time of a 60-slice 512x512 series: preprocessing + network + lesion classifier + scoring.
 
+The stages are timed one after the other (``total``), then end to end as
+``Labeller.predict_volume`` runs them (``end to end``: the candidates are found
+in a thread while the network runs; that is the time to judge).
+
 Usage::
 
     python benchmarks/bench_inference.py [--weights models/cacnode-v1.pt] [--device cpu|cuda] [--repeats 5]
+                                          [--network-wait S]
 
 The series is a phantom (``training.phantom.generate``) with at least 60
 slices, cut to the 60 slices around its middle.  Loading DICOM files is not
@@ -43,11 +48,23 @@ def main() -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--network-wait", type=float, default=None, metavar="S",
+                   help="a what-if on the CPU, not a GPU figure: the network replaced by a wait of S seconds (its "
+                        "output computed once beforehand), to see the CPU work around a fast GPU network")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     labeller = Labeller.load(ModelConfig(weights=args.weights), device=args.device)
     hu, spacing, increment = sixty_slice_volume()
+    if args.network_wait is not None:
+        stand_in = labeller.logits(labeller.preprocess(hu, spacing, increment))
+
+        def waiting_network(prepared: object, on_device: bool = False) -> torch.Tensor:
+            time.sleep(args.network_wait)  # lets go of the GIL, as a GPU's wait does
+            return stand_in.clone()
+
+        labeller.logits = waiting_network  # type: ignore[method-assign]
+        print(f"WHAT-IF: the network is a {args.network_wait} s wait; these are not GPU measurements")
     profile = ScoringProfile()
     print(f"volume {hu.shape}, pixel {spacing[0]:.3f} mm, increment {increment} mm, device {labeller.device}, "
           f"torch threads {torch.get_num_threads()}")
@@ -67,6 +84,14 @@ def main() -> int:
         if i:
             for name, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                 stages[name].append(value)
+    # End to end as `cacnode score` runs it: the candidates are found while the network runs.
+    stages["end to end"] = []
+    for i in range(args.repeats + 1):
+        t0 = time.perf_counter()
+        labels = labeller.predict_volume(hu, spacing, increment)
+        score = score_calcium(hu, labels, spacing, increment, profile)
+        if i:
+            stages["end to end"].append(time.perf_counter() - t0)
     print(f"network input {prepared.image.shape}; total Agatston {score.total.agatston:.1f}")
     for name, values in stages.items():
         print(f"{name:>10}: median {statistics.median(values):.3f} s  (min {min(values):.3f}, max {max(values):.3f},"

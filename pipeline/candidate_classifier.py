@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from pipeline.arteries import N_CLASSES
-from pipeline.candidate_features import FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, area_and_peak
+from pipeline.candidate_features import N_FEATURES, PATCH_CHANNELS, area_and_peak
 
 # Faint candidates: density weight 1 and under 3 mm^2, so at most 3 Agatston each, in a noisy
 # series (``pipeline.noise``; chosen on development phantoms 62000-62399, model card).
@@ -133,7 +133,3 @@ def faint(features: np.ndarray, noise_sd_hu: float) -> np.ndarray:
     area, peak = area_and_peak(features)
     return (area < FAINT_AREA_MM2) & (peak < FAINT_PEAK_HU) & (noise_sd_hu >= FAINT_NOISE_SD_HU)
 
-
-def gated(features: torch.Tensor, gate: float) -> torch.Tensor:
-    """Boolean mask of the candidates worth a closer look (network coronary probability >= ``gate``)."""
-    return features[:, FEATURE_NAMES.index("p_coronary_max")] >= gate

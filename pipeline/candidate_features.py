@@ -50,7 +50,8 @@ FEATURE_NAMES: tuple[str, ...] = (
 ) + tuple(f"slice_hu_{i}_{j}" for i in range(5) for j in range(5)) + tuple(
     f"{side}_hu_{i}_{j}" for side in ("below", "above") for i in range(3) for j in range(3))
 N_FEATURES = len(FEATURE_NAMES)
-_NETWORK_COLUMNS = FEATURE_NAMES.index("p_coronary_max") + 1  # the network's opinion: computed for every candidate
+_CORONARY_MAX = FEATURE_NAMES.index("p_coronary_max")
+_NETWORK_COLUMNS = _CORONARY_MAX + 1  # the network's opinion: computed for every candidate
 
 # HU bands of the context windows: lung/air, fat, soft tissue (blood, muscle), calcium/bone.
 _AIR_BELOW = -250.0
@@ -83,6 +84,8 @@ class Candidates:
     features: np.ndarray  # float32 (n, N_FEATURES), row i - 1 for candidate i; NaN past the network's
     # columns for a candidate under the gate (``candidate_features``)
     centres: np.ndarray  # float64 (n, 3): mean (z, row, col) voxel index of each candidate
+    voxels: np.ndarray  # flat indices into ``ids`` of every candidate voxel, ascending
+    which: np.ndarray  # the 0-based candidate of each of those voxels
 
     @property
     def count(self) -> int:
@@ -96,6 +99,113 @@ def area_and_peak(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return area, peak
 
 
+def gated(features: np.ndarray, gate: float) -> np.ndarray:
+    """Boolean mask of the candidates worth a closer look: network coronary probability >= ``gate``.
+
+    Compared in float32, as the feature rows hold it, so that the rows given
+    in full and the candidates looked at are the same ones.
+    """
+    return features[:, _CORONARY_MAX] >= np.float32(gate)
+
+
+@dataclass(frozen=True)
+class CandidateMap:
+    """The candidates of one heart crop as its HU alone gives them (``map_candidates``).
+
+    Nothing here needs the network, so inference finds the candidates while
+    the network runs (``pipeline.inference``); ``describe_candidates`` adds
+    the network's opinion and the features that are only worth computing past
+    the gate.
+    """
+
+    ids: np.ndarray  # int32 (z, rows, cols): 0 outside candidates, i for candidate i (1..n)
+    voxels: np.ndarray  # flat indices of every candidate voxel, ascending
+    z: np.ndarray  # their voxel coordinates
+    r: np.ndarray
+    c: np.ndarray
+    which: np.ndarray  # int64: the 0-based candidate of each voxel
+    per_candidate: _PerCandidate
+    centres: np.ndarray  # float64 (n, 3): mean (z, row, col) voxel index of each candidate
+    peak_hu: np.ndarray  # float64 (n,)
+    mean_hu: np.ndarray  # float64 (n,)
+    objects: np.ndarray  # float64 (n, 3): volume (mm^3), z and in-plane extent (mm) of its 3-D object
+
+    @property
+    def count(self) -> int:
+        return int(self.centres.shape[0])
+
+
+def map_candidates(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float,
+                   threshold_hu: float, connectivity: int) -> CandidateMap:
+    """The candidates of a heart crop (2-D components of ``hu >= threshold_hu``) and what the HU says of them."""
+    mask = hu_crop >= threshold_hu
+    with ThreadPoolExecutor(max_workers=1) as beside:
+        # The 3-D objects beside the 2-D candidates: ndimage.label lets go of the GIL.
+        objects = beside.submit(ndimage.label, mask, _CUBE)
+        ids, n = ndimage.label(mask, structure=in_plane_structure(connectivity))
+        ids = ids.astype(np.int32, copy=False)
+        object_map = objects.result()[0]
+    voxels = flat_nonzero(mask)
+    z, r, c = np.unravel_index(voxels, ids.shape)
+    which = ids.reshape(-1)[voxels].astype(np.int64) - 1
+    per_candidate = _PerCandidate(which, np.bincount(which, minlength=n).astype(np.float64))
+    centres = np.column_stack([per_candidate.mean(v.astype(np.float64)) for v in (z, r, c)])
+    values = hu_crop.reshape(-1).take(voxels).astype(np.float64)
+    objects = (np.column_stack(_object_features(object_map, voxels, z, r, c, which, n, pixel_spacing_mm,
+                                                increment_mm)) if n else np.zeros((0, 3)))
+    return CandidateMap(ids, voxels, z, r, c, which, per_candidate, centres, per_candidate.max(values),
+                        per_candidate.mean(values), objects)
+
+
+def network_opinion(found: CandidateMap, probabilities: np.ndarray, box: CropBox) -> np.ndarray:
+    """The network's columns of every candidate's feature row: float32 (n, 6), mean class probabilities
+    over its voxels' cells and the highest coronary probability among them."""
+    grid = probabilities.shape[-1]
+    rows, cols = cell_index(box, grid)
+    cell = (found.z * grid + rows[found.r]) * grid + cols[found.c]  # flat index of each voxel's grid cell
+    voxel_probs = probabilities.reshape(N_CLASSES, -1).take(cell, axis=1).astype(np.float64)  # (N_CLASSES, voxels)
+    mean_probs = [found.per_candidate.mean(p) for p in voxel_probs]
+    coronary_max = found.per_candidate.max(1.0 - voxel_probs[0])
+    return np.column_stack([*mean_probs, coronary_max]).astype(np.float32)
+
+
+def describe_candidates(hu_crop: np.ndarray, found: CandidateMap, opinion: np.ndarray, box: CropBox,
+                        pixel_spacing_mm: tuple[float, float], increment_mm: float, gate: float = 0.0) -> Candidates:
+    """The feature rows of the candidates ``found``, given the network's ``opinion`` of them.
+
+    Only candidates past ``gate`` (``gated``) get the whole row; the others,
+    which the classifier never looks at, keep the network's columns and NaN
+    elsewhere.  0 computes every row.  ``box`` is in the crop's own
+    coordinates, as for :func:`candidate_features`.
+    """
+    n = found.count
+    features = np.full((n, N_FEATURES), np.nan, dtype=np.float32)
+    features[:, :_NETWORK_COLUMNS] = opinion
+    past = gated(features, gate)
+    full = np.flatnonzero(past)
+    if full.size:
+        size = found.per_candidate.size
+        keep = past[found.which]
+        z, r, c = found.z[keep], found.r[keep], found.c[keep]
+        kept = _PerCandidate(found.which[keep], size)  # every voxel of a kept candidate is kept: same sizes
+        centre = found.centres[full]
+        pixel_area = pixel_spacing_mm[0] * pixel_spacing_mm[1]
+        # Position relative to the heart centre, as the network's position channels measure it.
+        z_mm = (centre[:, 0] - (hu_crop.shape[0] - 1) / 2.0) * increment_mm
+        row_mm = (centre[:, 1] + 0.5 - box.centre_row) * pixel_spacing_mm[0]
+        col_mm = (centre[:, 2] + 0.5 - box.centre_col) * pixel_spacing_mm[1]
+        near, wide = _context(hu_crop, pixel_spacing_mm, (_NEAR_MM, _WIDE_MM), z, r, c, kept)
+        picture = _picture(hu_crop, pixel_spacing_mm, increment_mm, tuple(centre.T))
+        volume, z_extent, inplane_extent = found.objects[full].T
+        features[full, _NETWORK_COLUMNS:] = np.column_stack([
+            np.log(size[full] * pixel_area), found.peak_hu[full] / 1000.0, found.mean_hu[full] / 1000.0,
+            np.log(volume), z_extent / 10.0, inplane_extent / 10.0,
+            z_mm / 100.0, row_mm / 100.0, col_mm / 100.0, np.sqrt(z_mm**2 + row_mm**2 + col_mm**2) / 100.0,
+            near[full], wide[full], picture,
+        ])
+    return Candidates(found.ids, features, found.centres, found.voxels, found.which)
+
+
 def candidate_features(
     hu_crop: np.ndarray,
     probabilities: np.ndarray,
@@ -106,7 +216,7 @@ def candidate_features(
     connectivity: int,
     gate: float = 0.0,
 ) -> Candidates:
-    """Candidates of a heart crop and their feature rows.
+    """Candidates of a heart crop and their feature rows: :func:`map_candidates`, then :func:`describe_candidates`.
 
     Parameters
     ----------
@@ -116,60 +226,12 @@ def candidate_features(
     probabilities
         (N_CLASSES, z, grid, grid) softmax of the network on this crop.
     gate
-        Only candidates whose ``p_coronary_max`` reaches it get the whole row;
-        the others (which the classifier never looks at, ``gated``) keep the
-        network's columns and NaN elsewhere.  0 computes every row.
+        Only candidates whose ``p_coronary_max`` reaches it get the whole row
+        (``describe_candidates``).  0 computes every row.
     """
-    mask = hu_crop >= threshold_hu
-    with ThreadPoolExecutor(max_workers=1) as beside:
-        # The 3-D objects beside the 2-D candidates: ndimage.label lets go of the GIL.
-        objects = beside.submit(ndimage.label, mask, _CUBE)
-        ids, n = ndimage.label(mask, structure=in_plane_structure(connectivity))
-        ids = ids.astype(np.int32, copy=False)
-        object_map = objects.result()[0]
-    if n == 0:
-        return Candidates(ids, np.zeros((0, N_FEATURES), dtype=np.float32), np.zeros((0, 3)))
-    voxels = flat_nonzero(mask)
-    z, r, c = np.unravel_index(voxels, ids.shape)
-    which = ids.reshape(-1)[voxels].astype(np.int64) - 1
-    size = np.bincount(which, minlength=n).astype(np.float64)
-    per_candidate = _PerCandidate(which, size)
-
-    grid = probabilities.shape[-1]
-    rows, cols = cell_index(box, grid)
-    cell = (z * grid + rows[r]) * grid + cols[c]  # flat index of each voxel's grid cell
-    voxel_probs = probabilities.reshape(N_CLASSES, -1).take(cell, axis=1).astype(np.float64)  # (N_CLASSES, voxels)
-    mean_probs = np.stack([per_candidate.mean(p) for p in voxel_probs], axis=1)
-    coronary_max = per_candidate.max(1.0 - voxel_probs[0])
-    centre = tuple(per_candidate.mean(v.astype(np.float64)) for v in (z, r, c))
-    features = np.full((n, N_FEATURES), np.nan, dtype=np.float32)
-    features[:, :_NETWORK_COLUMNS] = np.column_stack([mean_probs, coronary_max])
-
-    # The costly columns only for the candidates past the gate (the others are never looked at).
-    past = coronary_max >= gate
-    full = np.flatnonzero(past)
-    if full.size:
-        volume, z_extent, inplane_extent = _object_features(object_map, voxels, z, r, c, which, n, pixel_spacing_mm,
-                                                            increment_mm)
-        keep = past[which]
-        z, r, c, which = z[keep], r[keep], c[keep], which[keep]
-        kept = _PerCandidate(which, size)  # every voxel of a kept candidate is kept: same sizes
-        values = hu_crop[z, r, c].astype(np.float64)
-        pixel_area = pixel_spacing_mm[0] * pixel_spacing_mm[1]
-        # Position relative to the heart centre, as the network's position channels measure it.
-        z_mm = (centre[0] - (hu_crop.shape[0] - 1) / 2.0) * increment_mm
-        row_mm = (centre[1] + 0.5 - box.centre_row) * pixel_spacing_mm[0]
-        col_mm = (centre[2] + 0.5 - box.centre_col) * pixel_spacing_mm[1]
-        near, wide = _context(hu_crop, pixel_spacing_mm, (_NEAR_MM, _WIDE_MM), z, r, c, kept)
-        picture = _picture(hu_crop, pixel_spacing_mm, increment_mm, tuple(v[full] for v in centre))
-        features[full, _NETWORK_COLUMNS:] = np.column_stack([
-            np.log(size * pixel_area)[full], kept.max(values)[full] / 1000.0, kept.mean(values)[full] / 1000.0,
-            np.log(volume)[full], z_extent[full] / 10.0, inplane_extent[full] / 10.0,
-            z_mm[full] / 100.0, row_mm[full] / 100.0, col_mm[full] / 100.0,
-            np.sqrt(z_mm**2 + row_mm**2 + col_mm**2)[full] / 100.0,
-            near[full], wide[full], picture,
-        ])
-    return Candidates(ids, features, np.column_stack(centre))
+    found = map_candidates(hu_crop, pixel_spacing_mm, increment_mm, threshold_hu, connectivity)
+    return describe_candidates(hu_crop, found, network_opinion(found, probabilities, box), box, pixel_spacing_mm,
+                               increment_mm, gate)
 
 
 class _PerCandidate:
@@ -326,8 +388,8 @@ def _picture(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], increme
     return np.concatenate(columns, axis=1)
 
 
-def candidate_patches(hu_crop: np.ndarray, found: Candidates, which: np.ndarray, pixel_spacing_mm: tuple[float, float],
-                      increment_mm: float) -> np.ndarray:
+def candidate_patches(hu_crop: np.ndarray, found: Candidates | CandidateMap, which: np.ndarray,
+                      pixel_spacing_mm: tuple[float, float], increment_mm: float) -> np.ndarray:
     """Image patches round the candidates ``which`` (0-based), float32 (len(which), PATCH_CHANNELS, side, side).
 
     Channels: the mean HU of the ``PATCH_SLICES`` slices centred on the candidate,
@@ -348,8 +410,8 @@ def candidate_patches(hu_crop: np.ndarray, found: Candidates, which: np.ndarray,
     return out
 
 
-def wide_patches(hu_crop: np.ndarray, found: Candidates, which: np.ndarray, pixel_spacing_mm: tuple[float, float],
-                 increment_mm: float) -> np.ndarray:
+def wide_patches(hu_crop: np.ndarray, found: Candidates | CandidateMap, which: np.ndarray,
+                 pixel_spacing_mm: tuple[float, float], increment_mm: float) -> np.ndarray:
     """A coarse, wide view round the candidates ``which``: float32 (len(which), WIDE_CHANNELS, side, side).
 
     ``WIDE_MM`` across at ``WIDE_MM / WIDE_SIDE`` per pixel, on the candidate's

@@ -27,8 +27,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pipeline.candidate_classifier import CandidateClassifier, decide, faint, gated
-from pipeline.candidate_features import Candidates, candidate_features, candidate_patches, wide_patches
+from pipeline.candidate_classifier import CandidateClassifier, decide, faint
+from pipeline.candidate_features import (CandidateMap, Candidates, candidate_patches, describe_candidates, gated,
+                                         map_candidates, network_opinion, wide_patches)
 from pipeline.candidates import labels_from_predictions
 from pipeline.errors import ModelError
 from pipeline.identity import AlgorithmIdentity
@@ -104,33 +105,48 @@ class Labeller:
     def predict_volume(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float,
                        name: str = "volume") -> np.ndarray:
         """As :meth:`predict` on a bare HU volume (ascending slices); ``name`` identifies it in logs."""
-        prepared = self.preprocess(hu, pixel_spacing_mm, increment_mm)
-        if not prepared.box.found:
+        box = self.preprocess.crop_box(hu, pixel_spacing_mm, increment_mm)
+        if not box.found:
             log.warning("series %s: no lungs found; heart crop centred on the body, all slices kept", name)
-        return self.to_labels(hu, prepared, self.logits(prepared))
+        hu_crop = extract(hu, box, AIR_HU)
+        if self.classifier is None:
+            prepared = self.preprocess.from_crop(hu_crop, box, pixel_spacing_mm, increment_mm)
+            return self.to_labels(hu, prepared, self.logits(prepared))
+        with ThreadPoolExecutor(max_workers=1) as beside:
+            # The candidates need the HU alone: they are found while the network runs (on a GPU the
+            # CPU would otherwise wait).  The same numbers as in turn (``look_closer``).
+            survey = beside.submit(survey_crop, hu_crop, pixel_spacing_mm, increment_mm,
+                                   self.config.candidate_threshold_hu, self.config.candidate_connectivity)
+            prepared = self.preprocess.from_crop(hu_crop, box, pixel_spacing_mm, increment_mm)
+            logits = self.logits(prepared, on_device=True)  # the softmax runs where they are
+            return self.to_labels(hu, prepared, logits, survey=survey.result())
 
-    def logits(self, prepared: Prepared) -> torch.Tensor:
-        """Network output for one prepared image, (n_classes, z, grid, grid) float32 on the CPU."""
-        return run_network(self.model, prepared.image, self.weights.model.z_multiple, self.device)
+    def logits(self, prepared: Prepared, on_device: bool = False) -> torch.Tensor:
+        """Network output for one prepared image, (n_classes, z, grid, grid) float32 on the CPU
+        (``on_device``: left where the network ran)."""
+        return run_network(self.model, prepared.image, self.weights.model.z_multiple, self.device, on_device)
 
     def to_labels(self, hu: np.ndarray, prepared: Prepared, logits: torch.Tensor,
-                  classifier_bias: float | None = None, faint_bias: float | None = None) -> np.ndarray:
+                  classifier_bias: float | None = None, faint_bias: float | None = None,
+                  survey: CropSurvey | None = None) -> np.ndarray:
         """Labels on the original voxels from the network output (``classifier_bias`` and ``faint_bias``
-        override the stored ones)."""
+        override the stored ones; ``survey``: the crop's candidates, when already found)."""
         if self.classifier is None or self.weights.classifier is None:
             return grid_to_labels(hu, prepared.box, classify(logits, self.weights.background_bias),
                                   self.config.candidate_threshold_hu, self.config.candidate_connectivity)
         stored = self.weights.classifier
         bias = stored.background_bias if classifier_bias is None else classifier_bias
         extra = stored.faint_bias if faint_bias is None else faint_bias
-        return self.place(hu, prepared, self.decide_candidates(hu, prepared, logits).labels(bias, extra))
+        decisions = self.decide_candidates(hu, prepared, logits, survey)
+        return self.place(hu, prepared, decisions.labels(bias, extra))
 
-    def decide_candidates(self, hu: np.ndarray, prepared: Prepared, logits: torch.Tensor) -> CandidateDecisions:
+    def decide_candidates(self, hu: np.ndarray, prepared: Prepared, logits: torch.Tensor,
+                          survey: CropSurvey | None = None) -> CandidateDecisions:
         """The lesion classifier's logits for every candidate of the heart crop (needs a classifier)."""
         assert self.classifier is not None, "the weights file has no lesion classifier"
         looked = look_closer(hu, prepared, logits, self.config.candidate_threshold_hu,
                              self.config.candidate_connectivity, self.classifier.config.gate,
-                             wide=self.classifier.config.wide_channels > 0)
+                             wide=self.classifier.config.wide_channels > 0, survey=survey)
         return decide_candidates(self.classifier, looked)
 
     @staticmethod
@@ -161,9 +177,13 @@ class CandidateDecisions:
 
     def labels_of(self, classes: np.ndarray) -> np.ndarray:
         """uint8 labels of the crop, given the class of each candidate looked at."""
-        per_candidate = np.zeros(self.candidates.count + 1, dtype=np.uint8)
-        per_candidate[self.looked_at + 1] = classes
-        return per_candidate.take(self.candidates.ids)  # take: faster than indexing with the id map
+        per_candidate = np.zeros(self.candidates.count, dtype=np.uint8)
+        per_candidate[self.looked_at] = classes
+        per_voxel = per_candidate[self.candidates.which]
+        labelled = np.flatnonzero(per_voxel)  # few: written one by one rather than mapped over the whole crop
+        labels = np.zeros(self.candidates.ids.shape, dtype=np.uint8)
+        labels.reshape(-1)[self.candidates.voxels[labelled]] = per_voxel[labelled]
+        return labels
 
 
 def decide_candidates(classifier: CandidateClassifier, looked: LookedAt) -> CandidateDecisions:
@@ -189,30 +209,54 @@ class LookedAt:
     noise_sd_hu: float  # of the heart crop (``pipeline.noise``)
 
 
+@dataclass(frozen=True)
+class CropSurvey:
+    """What the lesion classifier needs of a heart crop that its HU alone gives (``survey_crop``)."""
+
+    hu_crop: np.ndarray  # ``extract`` of the volume with the prepared box (air outside the image)
+    candidates: CandidateMap
+    noise_sd_hu: float  # ``pipeline.noise``
+
+
+def survey_crop(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float,
+                threshold_hu: float, connectivity: int) -> CropSurvey:
+    """The candidates of a heart crop and its noise level: no network needed."""
+    with ThreadPoolExecutor(max_workers=1) as beside:
+        noise = beside.submit(noise_sd_hu, hu_crop)  # numpy work that lets go of the GIL, beside the labelling
+        found = map_candidates(hu_crop, pixel_spacing_mm, increment_mm, threshold_hu, connectivity)
+        return CropSurvey(hu_crop, found, noise.result())
+
+
 def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, threshold_hu: float, connectivity: int,
-                gate: float, wide: bool = True) -> LookedAt:
+                gate: float, wide: bool = True, survey: CropSurvey | None = None) -> LookedAt:
     """What the lesion classifier sees of a volume's heart crop: every candidate's features, the gate, the patches.
 
-    ``hu`` is the whole volume that ``prepared`` and ``logits`` came from.  One
-    function for inference and for the classifier's training rows
+    ``hu`` is the whole volume that ``prepared`` and ``logits`` came from;
+    ``survey``, when given, is ``survey_crop`` of its crop with the same
+    threshold and connectivity (inference makes it while the network runs).
+    One function for inference and for the classifier's training rows
     (``training.candidate_data``), so the two cannot drift.
     """
-    hu_crop = extract(hu, prepared.box, AIR_HU)
     spacing, increment = prepared.pixel_spacing_mm, prepared.increment_mm
+    if survey is None:
+        survey = survey_crop(extract(hu, prepared.box, AIR_HU), spacing, increment, threshold_hu, connectivity)
+    hu_crop, found, box = survey.hu_crop, survey.candidates, local_box(prepared.box)
+    probabilities = torch.softmax(logits.float(), dim=0).cpu().numpy()  # on the GPU when the logits are there
+    opinion = network_opinion(found, probabilities, box)
+    look = np.flatnonzero(gated(opinion, gate))
     with ThreadPoolExecutor(max_workers=1) as beside:
-        noise = beside.submit(noise_sd_hu, hu_crop)  # numpy work that lets go of the GIL, beside the features
-        probabilities = torch.softmax(logits.float(), dim=0).numpy()
-        found = candidate_features(hu_crop, probabilities, local_box(prepared.box), spacing, increment,
-                                   threshold_hu, connectivity, gate)
-        look = np.flatnonzero(gated(torch.from_numpy(found.features), gate).numpy())
-        patches = candidate_patches(hu_crop, found, look, spacing, increment)
+        # The patches need only the candidates' centres: gathered beside the features of those past the gate.
+        patches = beside.submit(candidate_patches, hu_crop, found, look, spacing, increment)
+        described = describe_candidates(hu_crop, found, opinion, box, spacing, increment, gate)
         # The wide view costs about 0.05 s a series: only for a classifier that uses it.
         views = wide_patches(hu_crop, found, look, spacing, increment) if wide else None
-        return LookedAt(found, look, patches, views, noise.result())
+        return LookedAt(described, look, patches.result(), views, survey.noise_sd_hu)
 
 
-def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, device: torch.device) -> torch.Tensor:
-    """Logits of one prepared image: (C, z, grid, grid) -> (n_classes, z, grid, grid) float32 on the CPU."""
+def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, device: torch.device,
+                on_device: bool = False) -> torch.Tensor:
+    """Logits of one prepared image: (C, z, grid, grid) -> (n_classes, z, grid, grid) float32 on the CPU
+    (``on_device``: on ``device``)."""
     n = image.shape[1]
     padded = int(np.ceil(max(n, 1) / z_multiple) * z_multiple)
     if padded != n:  # repeat the last slice; its predictions are discarded
@@ -224,7 +268,8 @@ def run_network(model: torch.nn.Module, image: np.ndarray, z_multiple: int, devi
                 logits = model(x)
         else:
             logits = model(x)
-    return logits[0, :, :n].float().cpu()
+    logits = logits[0, :, :n].float()
+    return logits if on_device else logits.cpu()
 
 
 def classify(logits: torch.Tensor, background_bias: float = 0.0) -> np.ndarray:

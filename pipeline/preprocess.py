@@ -256,9 +256,12 @@ class Preprocess:
         self.normalise = NormaliseIntensity(config.tissue_window_hu, config.scale_hu, config.clip)
 
     def __call__(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float) -> Prepared:
-        where = self.locate(hu, pixel_spacing_mm, increment_mm)
-        box = self.crop(where, pixel_spacing_mm)
+        box = self.crop_box(hu, pixel_spacing_mm, increment_mm)
         return self.from_crop(extract(hu, box, AIR_HU), box, pixel_spacing_mm, increment_mm)
+
+    def crop_box(self, hu: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float) -> CropBox:
+        """Steps 2-3: where the heart crop lies in the volume."""
+        return self.crop(self.locate(hu, pixel_spacing_mm, increment_mm), pixel_spacing_mm)
 
     def from_crop(self, hu_crop: np.ndarray, box: CropBox, pixel_spacing_mm: tuple[float, float],
                   increment_mm: float) -> Prepared:

@@ -11,14 +11,14 @@ import torch
 from scipy import ndimage
 
 from pipeline.arteries import N_CLASSES
-from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide, faint, gated
+from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide, faint
 from pipeline.candidate_features import (FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, PATCH_MM, PATCH_SIDE,
                                          PATCH_SLICES, WIDE_CHANNELS, WIDE_MM, WIDE_SIDE, Candidates,
-                                         candidate_features, candidate_patches, wide_patches)
+                                         candidate_features, candidate_patches, gated, wide_patches)
 from pipeline.candidates import majority_classes
 from pipeline.inference import CandidateDecisions, Labeller, ModelConfig
 from pipeline.model import UNet3D, UNetConfig
-from pipeline.preprocess import AIR_HU, CropBox, Preprocess, PreprocessConfig, extract, local_box
+from pipeline.preprocess import AIR_HU, CropBox, PreprocessConfig, extract, local_box
 from pipeline.weights import ClassifierWeights, WeightsFile, load_weights, new_uid, save_weights
 from synthetic_chest import make_chest
 
@@ -271,7 +271,9 @@ def test_the_faint_bias_drops_only_the_faint_candidates() -> None:
     features[:, FEATURE_NAMES.index("peak_hu")] = np.array([150.0, 400.0, 150.0]) / 1000.0
     logits = torch.zeros((3, N_CLASSES))
     logits[:, 2] = 2.0  # each one LAD by 2 logits
-    decisions = CandidateDecisions(Candidates(ids, features, np.zeros((3, 3))), np.arange(3), logits, 30.0)
+    voxels = np.flatnonzero(ids)
+    found = Candidates(ids, features, np.zeros((3, 3)), voxels, ids.reshape(-1)[voxels] - 1)
+    decisions = CandidateDecisions(found, np.arange(3), logits, 30.0)
     quiet = CandidateDecisions(decisions.candidates, decisions.looked_at, logits, 20.0)
     assert quiet.classes(0.0, 3.0).tolist() == [2, 2, 2]  # in a quiet series nothing is faint
     assert decisions.classes(0.0).tolist() == [2, 2, 2]
@@ -282,8 +284,8 @@ def test_the_faint_bias_drops_only_the_faint_candidates() -> None:
 
 
 def test_gate_keeps_candidates_the_network_finds_likely() -> None:
-    features = torch.zeros((3, N_FEATURES))
-    features[:, FEATURE_NAMES.index("p_coronary_max")] = torch.tensor([0.05, 0.1, 0.9])
+    features = np.zeros((3, N_FEATURES), dtype=np.float32)
+    features[:, FEATURE_NAMES.index("p_coronary_max")] = [0.05, 0.1, 0.9]
     assert gated(features, 0.1).tolist() == [False, True, True]
 
 
@@ -376,7 +378,7 @@ def test_block_wise_features_equal_whole_crop_filters_and_the_gate_skips_only_ro
 
     gate = float(np.median(_feature(found.features, "p_coronary_max")))
     gated_found = candidate_features(hu, probabilities, box, spacing, increment, 130.0, 8, gate)
-    past = gated(torch.from_numpy(found.features), gate).numpy()
+    past = gated(found.features, gate)
     assert 0 < past.sum() < n
     np.testing.assert_array_equal(gated_found.features[past], found.features[past])
     network_columns = FEATURE_NAMES.index("p_coronary_max") + 1

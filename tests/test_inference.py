@@ -158,3 +158,19 @@ def test_bundled_model_scores_two_unseen_phantoms_like_their_truth() -> None:
         truth = case.truth["total"]["agatston"]
         assert score == pytest.approx(truth, rel=0.02, abs=0.0)
         assert risk_category(score) == risk_category(truth)
+
+
+def test_predict_volume_finds_candidates_beside_the_network_with_the_same_labels() -> None:
+    """``predict_volume`` finds the candidates in a thread while the network runs; the labels must be those
+    of the stages run one after the other (``preprocess``, ``logits``, ``to_labels``)."""
+    from training.cases import phantom_geometry
+    from training.phantom.generate import generate_case
+
+    labeller = Labeller.load(ModelConfig(weights=Path(__file__).resolve().parents[1] / "models" / "cacnode-v1.pt"),
+                             device="cpu")
+    case = generate_case(900006)
+    spacing, increment = phantom_geometry(case.datasets)
+    prepared = labeller.preprocess(case.hu, spacing, increment)
+    in_turn = labeller.to_labels(case.hu, prepared, labeller.logits(prepared))
+    assert len(np.unique(in_turn)) >= 3  # background and at least two arteries: a real comparison
+    np.testing.assert_array_equal(labeller.predict_volume(case.hu, spacing, increment), in_turn)
