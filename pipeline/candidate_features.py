@@ -81,8 +81,8 @@ class Candidates:
     """The candidates of one heart crop and their features."""
 
     ids: np.ndarray  # int32 (z, rows, cols): 0 outside candidates, i for candidate i (1..n)
-    features: np.ndarray  # float32 (n, N_FEATURES), row i - 1 for candidate i; NaN past the network's
-    # columns for a candidate under the gate (``candidate_features``)
+    features: np.ndarray  # float32 (n, N_FEATURES), row i - 1 for candidate i; a candidate under the gate
+    # has only p_coronary_max, NaN elsewhere (``candidate_features``)
     centres: np.ndarray  # float64 (n, 3): mean (z, row, col) voxel index of each candidate
     voxels: np.ndarray  # flat indices into ``ids`` of every candidate voxel, ascending
     which: np.ndarray  # the 0-based candidate of each of those voxels
@@ -157,26 +157,33 @@ def map_candidates(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], i
                         per_candidate.mean(values), objects)
 
 
-def network_opinion(found: CandidateMap, probabilities: np.ndarray, box: CropBox) -> np.ndarray:
-    """The network's columns of every candidate's feature row: float32 (n, 6), mean class probabilities
-    over its voxels' cells and the highest coronary probability among them."""
+def network_opinion(found: CandidateMap, probabilities: np.ndarray, box: CropBox,
+                    gate: float = 0.0) -> np.ndarray:
+    """The network's columns of the candidates' feature rows, float32 (n, 6): the highest coronary
+    probability among each candidate's voxels' cells and, for the candidates past ``gate`` (``gated``),
+    the mean class probabilities over those cells (NaN for the others: they are never looked at)."""
     grid = probabilities.shape[-1]
     rows, cols = cell_index(box, grid)
     cell = (found.z * grid + rows[found.r]) * grid + cols[found.c]  # flat index of each voxel's grid cell
-    voxel_probs = probabilities.reshape(N_CLASSES, -1).take(cell, axis=1).astype(np.float64)  # (N_CLASSES, voxels)
-    mean_probs = [found.per_candidate.mean(p) for p in voxel_probs]
-    coronary_max = found.per_candidate.max(1.0 - voxel_probs[0])
-    return np.column_stack([*mean_probs, coronary_max]).astype(np.float32)
+    per_cell = probabilities.reshape(N_CLASSES, -1)
+    opinion = np.full((found.count, _NETWORK_COLUMNS), np.nan, dtype=np.float32)
+    opinion[:, _CORONARY_MAX] = found.per_candidate.max(1.0 - per_cell[0].take(cell).astype(np.float64))
+    past = gated(opinion, gate)
+    keep = past[found.which]
+    kept = _PerCandidate(found.which[keep], found.per_candidate.size)
+    for k, p in enumerate(per_cell.take(cell[keep], axis=1).astype(np.float64)):  # (N_CLASSES, kept voxels)
+        opinion[past, k] = kept.mean(p)[past]
+    return opinion
 
 
 def describe_candidates(hu_crop: np.ndarray, found: CandidateMap, opinion: np.ndarray, box: CropBox,
                         pixel_spacing_mm: tuple[float, float], increment_mm: float, gate: float = 0.0) -> Candidates:
     """The feature rows of the candidates ``found``, given the network's ``opinion`` of them.
 
-    Only candidates past ``gate`` (``gated``) get the whole row; the others,
-    which the classifier never looks at, keep the network's columns and NaN
-    elsewhere.  0 computes every row.  ``box`` is in the crop's own
-    coordinates, as for :func:`candidate_features`.
+    Only candidates past ``gate`` (``gated``; the gate ``opinion`` was made
+    with) get the whole row; the others, which the classifier never looks at,
+    keep their ``p_coronary_max`` and NaN elsewhere.  0 computes every row.
+    ``box`` is in the crop's own coordinates, as for :func:`candidate_features`.
     """
     n = found.count
     features = np.full((n, N_FEATURES), np.nan, dtype=np.float32)
@@ -230,8 +237,8 @@ def candidate_features(
         (``describe_candidates``).  0 computes every row.
     """
     found = map_candidates(hu_crop, pixel_spacing_mm, increment_mm, threshold_hu, connectivity)
-    return describe_candidates(hu_crop, found, network_opinion(found, probabilities, box), box, pixel_spacing_mm,
-                               increment_mm, gate)
+    return describe_candidates(hu_crop, found, network_opinion(found, probabilities, box, gate), box,
+                               pixel_spacing_mm, increment_mm, gate)
 
 
 class _PerCandidate:

@@ -242,7 +242,7 @@ def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, thresh
         survey = survey_crop(extract(hu, prepared.box, AIR_HU), spacing, increment, threshold_hu, connectivity)
     hu_crop, found, box = survey.hu_crop, survey.candidates, local_box(prepared.box)
     probabilities = torch.softmax(logits.float(), dim=0).cpu().numpy()  # on the GPU when the logits are there
-    opinion = network_opinion(found, probabilities, box)
+    opinion = network_opinion(found, probabilities, box, gate)
     look = np.flatnonzero(gated(opinion, gate))
     with ThreadPoolExecutor(max_workers=1) as beside:
         # The patches need only the candidates' centres: gathered beside the features of those past the gate.

@@ -346,7 +346,8 @@ def _whole_crop_box_mean(image: np.ndarray, size: tuple[int, int]) -> np.ndarray
 
 def test_block_wise_features_equal_whole_crop_filters_and_the_gate_skips_only_rows_never_looked_at() -> None:
     """Context shares and the picture are filtered per candidate on small blocks; they must equal the
-    whole-crop filters, also for candidates at the crop's edges.  With a gate, rows past it are unchanged."""
+    whole-crop filters, also for candidates at the crop's edges.  With a gate, rows past it are unchanged
+    and the others hold only the coronary probability that the gate reads."""
     rng = np.random.default_rng(3)
     hu = rng.choice([-600.0, -100.0, 40.0, 300.0], size=(6, 70, 64), p=[0.2, 0.35, 0.35, 0.1]).astype(np.float32)
     hu[2, 0:3, 0:4] = 600.0  # candidates touching the crop's corner and edges
@@ -381,10 +382,11 @@ def test_block_wise_features_equal_whole_crop_filters_and_the_gate_skips_only_ro
     past = gated(found.features, gate)
     assert 0 < past.sum() < n
     np.testing.assert_array_equal(gated_found.features[past], found.features[past])
-    network_columns = FEATURE_NAMES.index("p_coronary_max") + 1
-    np.testing.assert_array_equal(gated_found.features[~past, :network_columns],
-                                  found.features[~past, :network_columns])
-    assert np.isnan(gated_found.features[~past, network_columns:]).all()
+    coronary_max = FEATURE_NAMES.index("p_coronary_max")
+    np.testing.assert_array_equal(gated_found.features[~past, coronary_max], found.features[~past, coronary_max])
+    others = np.ones(N_FEATURES, dtype=bool)
+    others[coronary_max] = False
+    assert np.isnan(gated_found.features[~past][:, others]).all()
 
 
 def test_the_best_bias_pair_is_written_into_the_classifier_and_ties_go_to_the_first(tmp_path: Path) -> None:

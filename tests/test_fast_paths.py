@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from pipeline.candidate_features import _CUBE, _object_features
 from pipeline.heart import _SLICE_2D, _fill_holes_per_slice, _first_to_last
+from pipeline.noise import noise_sd_hu
 from pipeline.preprocess import adaptive_max
 from pipeline.scoring import in_plane_structure
 from pipeline.sparse import flat_nonzero
@@ -119,3 +120,28 @@ def test_context_shares_equal_the_whole_crop_filter_bit_for_bit(spacing: tuple[f
             got = found.features[:, FEATURE_NAMES.index(f"{prefix}_{name}")]
             np.testing.assert_array_equal(got, expected.astype(np.float32))
     assert found.count > 40
+
+
+def _noise_of_every_block(hu: np.ndarray) -> float:
+    """``noise_sd_hu`` written plainly: every block cut out, its mean, minimum and maximum taken."""
+    z, rows, cols = hu.shape
+    r, c = rows // 8 * 8, cols // 8 * 8
+    if not (z and r and c):
+        return 0.0
+    blocks = hu[:, :r, :c].astype(np.float32).reshape(z, r // 8, 8, c // 8, 8).transpose(0, 1, 3, 2, 4).reshape(-1, 64)
+    mean = blocks.mean(axis=1)
+    flat = (mean > -150.0) & (mean < 100.0) & (blocks.min(axis=1) > -400.0) & (blocks.max(axis=1) < 400.0)
+    return float(np.median(blocks[flat].std(axis=1))) if flat.any() else 0.0
+
+
+def test_noise_estimate_gathering_only_blocks_in_range_equals_every_block() -> None:
+    rng = np.random.default_rng(7)
+    volumes = [rng.normal(40, rng.uniform(5, 200), tuple(rng.integers(1, 40, 3))).astype(np.float32) for _ in range(40)]
+    volumes += [np.full((2, 16, 24), 40.0, np.float32), np.full((2, 16, 16), -900.0, np.float32),
+                np.zeros((0, 8, 8), np.float32), rng.normal(0, 250, (3, 50, 37)).astype(np.int16)]
+    edges = rng.normal(40, 10, (1, 8, 24)).astype(np.float32)
+    edges[0, 0, 0], edges[0, 7, 15] = -400.0, 400.0  # on the range's bounds: the first two blocks are out
+    volumes.append(edges)
+    for hu in volumes:
+        assert noise_sd_hu(hu) == _noise_of_every_block(hu), hu.shape
+    assert noise_sd_hu(edges) == pytest.approx(float(edges[0, :, 16:].std()))  # the third block alone
