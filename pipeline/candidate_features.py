@@ -25,6 +25,9 @@ cells.  So each candidate gets a short feature vector that a small classifier
 
 Everything is computed on the heart crop (``pipeline.preprocess.extract``), so
 training (cached crops) and inference (whole series) see the same numbers.
+Two steps: ``map_candidates`` finds the candidates and what their HU says of
+them (inference runs it while the network runs), ``describe_candidates`` adds
+what needs the network; ``candidate_features`` is the two in turn.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     f"{side}_hu_{i}_{j}" for side in ("below", "above") for i in range(3) for j in range(3))
 N_FEATURES = len(FEATURE_NAMES)
 _CORONARY_MAX = FEATURE_NAMES.index("p_coronary_max")
-_NETWORK_COLUMNS = _CORONARY_MAX + 1  # the network's opinion: computed for every candidate
+_NETWORK_COLUMNS = _CORONARY_MAX + 1  # the network's opinion (``network_opinion``)
 
 # HU bands of the context windows: lung/air, fat, soft tissue (blood, muscle), calcium/bone.
 _AIR_BELOW = -250.0

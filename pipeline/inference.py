@@ -4,7 +4,8 @@
 and rebuilds the exact preprocessing the model was trained with
 (``pipeline.preprocess``); ``predict`` runs preprocessing and the network on the
 heart crop, then decides each candidate lesion (2-D component of
-``hu >= candidate_threshold_hu``, calcium-scoring.md):
+``hu >= candidate_threshold_hu``, calcium-scoring.md; the candidates are found
+from the HU in a thread while the network runs, ``survey_crop``):
 
 - with a lesion classifier in the weights file (the bundled one has it), from
   the candidate's features (``pipeline.candidate_features``: the network's
@@ -129,8 +130,9 @@ class Labeller:
     def to_labels(self, hu: np.ndarray, prepared: Prepared, logits: torch.Tensor,
                   classifier_bias: float | None = None, faint_bias: float | None = None,
                   survey: CropSurvey | None = None) -> np.ndarray:
-        """Labels on the original voxels from the network output (``classifier_bias`` and ``faint_bias``
-        override the stored ones; ``survey``: the crop's candidates, when already found)."""
+        """Labels on the original voxels from the network output, on the CPU or where it ran
+        (``classifier_bias`` and ``faint_bias`` override the stored ones; ``survey``: the crop's
+        candidates, when already found)."""
         if self.classifier is None or self.weights.classifier is None:
             return grid_to_labels(hu, prepared.box, classify(logits, self.weights.background_bias),
                                   self.config.candidate_threshold_hu, self.config.candidate_connectivity)
@@ -180,7 +182,7 @@ class CandidateDecisions:
         per_candidate = np.zeros(self.candidates.count, dtype=np.uint8)
         per_candidate[self.looked_at] = classes
         per_voxel = per_candidate[self.candidates.which]
-        labelled = np.flatnonzero(per_voxel)  # few: written one by one rather than mapped over the whole crop
+        labelled = np.flatnonzero(per_voxel)  # few: written at their voxels, not mapped over the whole crop
         labels = np.zeros(self.candidates.ids.shape, dtype=np.uint8)
         labels.reshape(-1)[self.candidates.voxels[labelled]] = per_voxel[labelled]
         return labels
