@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from pipeline.candidate_features import _CUBE, _object_features
+from pipeline.candidate_features import _object_features, _PerCandidate
 from pipeline.heart import _SLICE_2D, _fill_holes_per_slice, _first_to_last
 from pipeline.noise import noise_sd_hu
 from pipeline.preprocess import adaptive_max
@@ -42,20 +42,16 @@ def test_fill_holes_per_slice_equals_binary_fill_holes() -> None:
                                       ndimage.binary_fill_holes(mask, structure=_SLICE_2D))
 
 
-@pytest.mark.parametrize("connectivity", [4, 8])
-def test_object_features_equal_a_whole_volume_labelling(connectivity: int) -> None:
-    """Volumes and extents of the 26-connected objects, counted over the candidate voxels only, equal
-    those of the whole label map and ndimage.find_objects."""
-    rng = np.random.default_rng(connectivity)
-    hu = np.where(rng.random((9, 30, 40)) < 0.08, 400.0, 0.0).astype(np.float32)
+def _assert_objects_as_a_3d_labelling(hu: np.ndarray, connectivity: int) -> np.ndarray:
+    """``_object_features`` of the candidates of ``hu`` against ndimage's 3-D labelling; the volumes."""
     ids, n = ndimage.label(hu >= 130.0, structure=in_plane_structure(connectivity))
     voxels = np.flatnonzero(ids)
     z, r, c = np.unravel_index(voxels, ids.shape)
     which = ids.reshape(-1)[voxels].astype(np.int64) - 1
     spacing, increment = (0.5, 0.7), 2.5
-    objects, _ = ndimage.label(ids > 0, structure=_CUBE)
-    volume, z_extent, inplane = _object_features(objects, voxels, z, r, c, which, n, spacing, increment)
-
+    per_candidate = _PerCandidate(which, np.bincount(which, minlength=n).astype(np.float64))
+    volume, z_extent, inplane = _object_features(ids, z, r, c, which, per_candidate, connectivity, spacing, increment)
+    objects, _ = ndimage.label(ids > 0, structure=np.ones((3, 3, 3), dtype=bool))
     boxes = ndimage.find_objects(objects)
     object_of = np.zeros(n, dtype=np.int64)
     object_of[which] = objects.reshape(-1)[voxels]
@@ -66,7 +62,31 @@ def test_object_features_equal_a_whole_volume_labelling(connectivity: int) -> No
         assert volume[i] == counts[object_of[i]] * (spacing[0] * spacing[1] * increment)
         assert z_extent[i] == extent[0] * increment
         assert inplane[i] == np.hypot(extent[1] * spacing[0], extent[2] * spacing[1])
-    assert len(np.unique(volume)) > 3 and np.any(z_extent > increment)  # objects of several sizes, across slices
+    return volume
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_object_features_equal_a_whole_volume_labelling(connectivity: int) -> None:
+    """Volumes and extents of the 26-connected objects, found by joining the candidates that touch and
+    counted over the candidate voxels only, equal those of a 3-D labelling and ndimage.find_objects."""
+    rng = np.random.default_rng(connectivity)
+    hu = np.where(rng.random((9, 30, 40)) < 0.08, 400.0, 0.0).astype(np.float32)
+    volume = _assert_objects_as_a_3d_labelling(hu, connectivity)
+    assert len(np.unique(volume)) > 3  # objects of several sizes
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_objects_joined_only_at_a_corner_or_at_the_crop_edge(connectivity: int) -> None:
+    hu = np.zeros((3, 8, 8), dtype=np.float32)
+    hu[0, 3, 3] = hu[1, 4, 4] = 400.0  # touching only at a corner, across slices
+    hu[1, 2, 5] = hu[1, 3, 6] = 400.0  # diagonal within a slice: two candidates if 4-connected
+    hu[2, 1, 6] = 400.0  # above the second of those, not above the first
+    hu[0, 7, 7] = hu[1, 7, 6] = hu[2, 0, 0] = 400.0  # at the crop's edges and corner
+    hu[2, 6, 0] = hu[2, 7, 1] = 400.0  # diagonal at the edge of the top slice
+    volume = _assert_objects_as_a_3d_labelling(hu, connectivity)
+    # objects of 2, 3, 2, 1 and 2 voxels; per candidate (the diagonal pairs are one if 8-connected):
+    assert sorted(volume / (0.5 * 0.7 * 2.5)) == ([1, 2, 2, 2, 2, 2, 2, 3, 3, 3] if connectivity == 4
+                                                   else [1, 2, 2, 2, 2, 2, 3, 3])
 
 
 @pytest.mark.parametrize("axis", [1, 2])
