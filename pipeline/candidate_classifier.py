@@ -132,4 +132,3 @@ def faint(features: np.ndarray, noise_sd_hu: float) -> np.ndarray:
     and its series' noise SD (``pipeline.noise.noise_sd_hu``) is at least ``FAINT_NOISE_SD_HU``."""
     area, peak = area_and_peak(features)
     return (area < FAINT_AREA_MM2) & (peak < FAINT_PEAK_HU) & (noise_sd_hu >= FAINT_NOISE_SD_HU)
-

@@ -324,16 +324,18 @@ def _objects(ids: np.ndarray, z: np.ndarray, r: np.ndarray, c: np.ndarray, which
         # A neighbour past the crop's edge is clipped onto one inside it, which still touches the voxel.
         row_starts = [(slice_start + np.clip(r[at] + dr, 0, n_rows - 1)) * n_cols for dr in row_steps]
         cols = [np.clip(c[at] + dc, 0, n_cols - 1) for dc in col_steps]
+        candidate = which[at]
         for row_start in row_starts:
             for col in cols:
-                record(which[at], flat.take(row_start + col))
+                record(candidate, flat.take(row_start + col))
 
     if connectivity == 4:  # the other in-plane touches are within one candidate
         join(np.arange(z.size), 0, (1,), (-1, 1))
     below_top = np.flatnonzero(z < n_slices - 1)
     # Every voxel of a 3 x 3 square touches its centre in-plane, and candidates touching in-plane
-    # are joined (above, or one candidate); so where the voxel straight above is a candidate's, the
-    # other eight above join nothing more.  Most voxels are bone and have one.
+    # are joined already (one candidate if 8-connected, the diagonal pass above if 4-connected); so
+    # where the voxel straight above is a candidate's, the other eight above join nothing more.
+    # Most voxels are bone and have one.
     above = flat.take(((z[below_top] + 1) * n_rows + r[below_top]) * n_cols + c[below_top])
     record(which[below_top], above)
     join(below_top[above == 0], 1, (-1, 0, 1), (-1, 0, 1))  # the 9 voxels in the next slice
