@@ -29,8 +29,9 @@ def noise_sd_hu(hu_crop: np.ndarray) -> float:
     grid = hu_crop[:, : n_rows * _BLOCK_PX, : n_cols * _BLOCK_PX].astype(np.float32, copy=False).reshape(
         z, n_rows, _BLOCK_PX, n_cols, _BLOCK_PX)
     # A block with a voxel out of range is never flat: only the others (about two in three) are
-    # gathered.  A block row of 8 bools is read as one uint64, much faster than any() over it.
-    out_of_range = (grid <= _FLAT_RANGE_HU[0]) | (grid >= _FLAT_RANGE_HU[1])
+    # gathered.  A block row of 8 bools is read as one uint64, much faster than any() over it
+    # (C order for that; a crop from ``extract`` is, so no copy).
+    out_of_range = np.ascontiguousarray((grid <= _FLAT_RANGE_HU[0]) | (grid >= _FLAT_RANGE_HU[1]))
     in_range = np.flatnonzero(np.bitwise_or.reduce(out_of_range.view(np.uint64), axis=2) == 0)
     bz, br, bc = np.unravel_index(in_range, (z, n_rows, n_cols))
     blocks = grid[bz, br, :, bc, :].reshape(-1, _BLOCK_PX**2)  # each block's voxels row by row

@@ -42,8 +42,8 @@ def test_fill_holes_per_slice_equals_binary_fill_holes() -> None:
                                       ndimage.binary_fill_holes(mask, structure=_SLICE_2D))
 
 
-def _assert_objects_as_a_3d_labelling(hu: np.ndarray, connectivity: int) -> np.ndarray:
-    """``_object_features`` of the candidates of ``hu`` against ndimage's 3-D labelling; the volumes."""
+def _assert_objects_as_a_3d_labelling(hu: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_object_features`` of the candidates of ``hu`` against ndimage's 3-D labelling; volumes, z extents."""
     ids, n = ndimage.label(hu >= 130.0, structure=in_plane_structure(connectivity))
     voxels = np.flatnonzero(ids)
     z, r, c = np.unravel_index(voxels, ids.shape)
@@ -62,7 +62,7 @@ def _assert_objects_as_a_3d_labelling(hu: np.ndarray, connectivity: int) -> np.n
         assert volume[i] == counts[object_of[i]] * (spacing[0] * spacing[1] * increment)
         assert z_extent[i] == extent[0] * increment
         assert inplane[i] == np.hypot(extent[1] * spacing[0], extent[2] * spacing[1])
-    return volume
+    return volume, z_extent
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
@@ -71,8 +71,8 @@ def test_object_features_equal_a_whole_volume_labelling(connectivity: int) -> No
     counted over the candidate voxels only, equal those of a 3-D labelling and ndimage.find_objects."""
     rng = np.random.default_rng(connectivity)
     hu = np.where(rng.random((9, 30, 40)) < 0.08, 400.0, 0.0).astype(np.float32)
-    volume = _assert_objects_as_a_3d_labelling(hu, connectivity)
-    assert len(np.unique(volume)) > 3  # objects of several sizes
+    volume, z_extent = _assert_objects_as_a_3d_labelling(hu, connectivity)
+    assert len(np.unique(volume)) > 3 and np.any(z_extent > 2.5)  # objects of several sizes, across slices
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
@@ -83,7 +83,7 @@ def test_objects_joined_only_at_a_corner_or_at_the_crop_edge(connectivity: int) 
     hu[2, 1, 6] = 400.0  # above the second of those, not above the first
     hu[0, 7, 7] = hu[1, 7, 6] = hu[2, 0, 0] = 400.0  # at the crop's edges and corner
     hu[2, 6, 0] = hu[2, 7, 1] = 400.0  # diagonal at the edge of the top slice
-    volume = _assert_objects_as_a_3d_labelling(hu, connectivity)
+    volume, _ = _assert_objects_as_a_3d_labelling(hu, connectivity)
     # objects of 2, 3, 2, 1 and 2 voxels; per candidate (the diagonal pairs are one if 8-connected):
     assert sorted(volume / (0.5 * 0.7 * 2.5)) == ([1, 2, 2, 2, 2, 2, 2, 3, 3, 3] if connectivity == 4
                                                    else [1, 2, 2, 2, 2, 2, 3, 3])
@@ -159,6 +159,7 @@ def test_noise_estimate_gathering_only_blocks_in_range_equals_every_block() -> N
     volumes = [rng.normal(40, rng.uniform(5, 200), tuple(rng.integers(1, 40, 3))).astype(np.float32) for _ in range(40)]
     volumes += [np.full((2, 16, 24), 40.0, np.float32), np.full((2, 16, 16), -900.0, np.float32),
                 np.zeros((0, 8, 8), np.float32), rng.normal(0, 250, (3, 50, 37)).astype(np.int16)]
+    volumes += [np.asfortranarray(volumes[0]), volumes[1].transpose(0, 2, 1)]  # not in C order
     edges = rng.normal(40, 10, (1, 8, 24)).astype(np.float32)
     edges[0, 0, 0], edges[0, 7, 15] = -400.0, 400.0  # on the range's bounds: the first two blocks are out
     volumes.append(edges)
