@@ -176,18 +176,18 @@ def network_opinion(found: CandidateMap, probabilities: np.ndarray, box: CropBox
 
 
 def describe_candidates(hu_crop: np.ndarray, found: CandidateMap, opinion: np.ndarray, box: CropBox,
-                        pixel_spacing_mm: tuple[float, float], increment_mm: float, gate: float = 0.0) -> Candidates:
+                        pixel_spacing_mm: tuple[float, float], increment_mm: float) -> Candidates:
     """The feature rows of the candidates ``found``, given the network's ``opinion`` of them.
 
-    Only candidates past ``gate`` (``gated``; the gate ``opinion`` was made
-    with) get the whole row; the others, which the classifier never looks at,
-    keep their ``p_coronary_max`` and NaN elsewhere.  0 computes every row.
-    ``box`` is in the crop's own coordinates, as for :func:`candidate_features`.
+    The candidates past the gate ``opinion`` was made with (those it gives
+    mean probabilities) get the whole row; the others, which the classifier
+    never looks at, keep their ``p_coronary_max`` and NaN elsewhere.  ``box``
+    is in the crop's own coordinates, as for :func:`candidate_features`.
     """
     n = found.count
     features = np.full((n, N_FEATURES), np.nan, dtype=np.float32)
     features[:, :_NETWORK_COLUMNS] = opinion
-    past = gated(features, gate)
+    past = ~np.isnan(opinion[:, 0])  # the gate is applied once, by network_opinion
     full = np.flatnonzero(past)
     if full.size:
         size = found.per_candidate.size
@@ -237,7 +237,7 @@ def candidate_features(
     """
     found = map_candidates(hu_crop, pixel_spacing_mm, increment_mm, threshold_hu, connectivity)
     return describe_candidates(hu_crop, found, network_opinion(found, probabilities, box, gate), box,
-                               pixel_spacing_mm, increment_mm, gate)
+                               pixel_spacing_mm, increment_mm)
 
 
 class _PerCandidate:

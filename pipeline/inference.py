@@ -249,7 +249,7 @@ def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, thresh
     with ThreadPoolExecutor(max_workers=1) as beside:
         # The patches need only the candidates' centres: gathered beside the features of those past the gate.
         patches = beside.submit(candidate_patches, hu_crop, found, look, spacing, increment)
-        described = describe_candidates(hu_crop, found, opinion, box, spacing, increment, gate)
+        described = describe_candidates(hu_crop, found, opinion, box, spacing, increment)
         # The wide view costs about 0.05 s a series: only for a classifier that uses it.
         views = wide_patches(hu_crop, found, look, spacing, increment) if wide else None
         return LookedAt(described, look, patches.result(), views, survey.noise_sd_hu)
