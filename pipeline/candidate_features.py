@@ -175,6 +175,12 @@ def network_opinion(found: CandidateMap, probabilities: np.ndarray, box: CropBox
     return opinion
 
 
+def past_the_gate(opinion: np.ndarray) -> np.ndarray:
+    """Boolean mask of the candidates past the gate ``opinion`` was made with (``network_opinion`` gave
+    them mean probabilities): the ones the classifier looks at."""
+    return ~np.isnan(opinion[:, 0])
+
+
 def describe_candidates(hu_crop: np.ndarray, found: CandidateMap, opinion: np.ndarray, box: CropBox,
                         pixel_spacing_mm: tuple[float, float], increment_mm: float) -> Candidates:
     """The feature rows of the candidates ``found``, given the network's ``opinion`` of them.
@@ -187,7 +193,7 @@ def describe_candidates(hu_crop: np.ndarray, found: CandidateMap, opinion: np.nd
     n = found.count
     features = np.full((n, N_FEATURES), np.nan, dtype=np.float32)
     features[:, :_NETWORK_COLUMNS] = opinion
-    past = ~np.isnan(opinion[:, 0])  # the gate is applied once, by network_opinion
+    past = past_the_gate(opinion)  # the gate is applied once, by network_opinion
     full = np.flatnonzero(past)
     if full.size:
         size = found.per_candidate.size

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from pipeline.candidate_classifier import CandidateClassifier, decide, faint
-from pipeline.candidate_features import (CandidateMap, Candidates, candidate_patches, describe_candidates, gated,
-                                         map_candidates, network_opinion, wide_patches)
+from pipeline.candidate_features import (CandidateMap, Candidates, candidate_patches, describe_candidates,
+                                         map_candidates, network_opinion, past_the_gate, wide_patches)
 from pipeline.candidates import labels_from_predictions
 from pipeline.errors import ModelError
 from pipeline.identity import AlgorithmIdentity
@@ -245,7 +245,7 @@ def look_closer(hu: np.ndarray, prepared: Prepared, logits: torch.Tensor, thresh
     hu_crop, found, box = survey.hu_crop, survey.candidates, local_box(prepared.box)
     probabilities = torch.softmax(logits.float(), dim=0).cpu().numpy()  # on the GPU when the logits are there
     opinion = network_opinion(found, probabilities, box, gate)
-    look = np.flatnonzero(gated(opinion, gate))
+    look = np.flatnonzero(past_the_gate(opinion))
     with ThreadPoolExecutor(max_workers=1) as beside:
         # The patches need only the candidates' centres: gathered beside the features of those past the gate.
         patches = beside.submit(candidate_patches, hu_crop, found, look, spacing, increment)
