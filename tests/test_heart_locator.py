@@ -1,0 +1,72 @@
+"""The heart localiser on the chests that broke it in the shifted phantoms (session 13).
+
+Each chest is the analytic one of ``synthetic_chest`` with one change: a
+table joined to the back, a small left lung, a patient wider than the field of
+view.  The localiser must still put the heart between the lungs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from pipeline.heart import HeartLocatorSettings, _open_in_plane, locate_heart
+from synthetic_chest import Chest, make_chest
+
+
+def _centre_error_mm(chest: Chest) -> float:
+    """How far the found heart centre is from the true one (the crop is 160 mm wide)."""
+    where = locate_heart(chest.hu, chest.pixel_spacing_mm, chest.increment_mm, HeartLocatorSettings())
+    assert where.found
+    row, col = chest.heart_centre
+    return float(np.hypot(where.centre_row - row, where.centre_col - col)) * chest.pixel_spacing_mm[0]
+
+
+def test_a_table_joined_to_the_back_is_not_body() -> None:
+    chest = make_chest(heart_offset=(2, 10))
+    hu = chest.hu.copy()
+    size = hu.shape[1]
+    back = int(size / 2 + 0.38 * size)  # the last row of the body's ellipse
+    # Two 4 mm carbon shells round a foam core, wider than the body, the upper one touching
+    # the back: the air beside the body above the table must not pass for lung.
+    hu[:, back : back + 2, 4:-4] = 250.0
+    hu[:, back + 2 : back + 14, 4:-4] = -850.0
+    hu[:, back + 14 : back + 16, 4:-4] = 250.0
+    assert _centre_error_mm(Chest(hu, chest.labels, chest.pixel_spacing_mm, chest.increment_mm,
+                                  chest.heart_centre, chest.heart_slices)) <= 15.0
+
+
+def test_a_small_left_lung_still_counts() -> None:
+    # A heart turned into the left chest leaves a thin, short lung there (under 100 mL in the
+    # slab): it is a lung all the same, and without it the heart is looked for inside the right one.
+    chest = make_chest(heart_offset=(2, 10))
+    hu = chest.hu.copy()
+    n, size = hu.shape[0], hu.shape[1]
+    zz, yy, xx = np.mgrid[:n, :size, :size]
+    cy, cx = size / 2.0, size / 2.0
+    left = ((yy - cy) / (0.28 * size)) ** 2 + ((xx - cx - 0.24 * size) / (0.16 * size)) ** 2 < 1.0
+    hu[left & (hu < -500)] = 40.0
+    small = ((yy - cy) / 14.0) ** 2 + ((xx - cx - 0.36 * size) / 4.0) ** 2 < 1.0
+    small &= zz > n / 3.0  # the slices of the chest, as the other lung
+    hu[small] = -850.0
+    ml = small.sum() * chest.pixel_spacing_mm[0] ** 2 * chest.increment_mm / 1000.0
+    assert 20.0 < ml < 100.0
+    assert _centre_error_mm(Chest(hu, chest.labels, chest.pixel_spacing_mm, chest.increment_mm,
+                                  chest.heart_centre, chest.heart_slices)) <= 15.0
+
+
+@pytest.mark.parametrize("p", [0.3, 0.6, 0.9])
+def test_in_plane_opening_is_scipys_with_the_edge_and_unknown_pixels_inside(p: float) -> None:
+    rng = np.random.default_rng(int(p * 10))
+    mask = rng.random((4, 23, 31)) < p
+    unknown = ~mask & (rng.random(mask.shape) < 0.2)
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    padded = np.pad(mask | unknown, ((0, 0), (1, 1), (1, 1)), constant_values=True)
+    expected = ndimage.binary_opening(padded, structure=cross)[:, 1:-1, 1:-1] & mask
+    assert np.array_equal(_open_in_plane(mask, unknown), expected)
+    # Without the edge and the unknown pixels counted inside it is scipy's plain opening.
+    plain = ndimage.binary_opening(np.pad(mask, ((0, 0), (1, 1), (1, 1))), structure=cross)[:, 1:-1, 1:-1]
+    assert np.array_equal(_open_in_plane(np.pad(mask, ((0, 0), (1, 1), (1, 1))),
+                                         np.zeros((4, 25, 33), dtype=bool))[:, 1:-1, 1:-1], plain)
