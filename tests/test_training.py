@@ -165,3 +165,19 @@ def test_the_classifier_phantoms_are_the_plain_then_the_hard_ostia_seeds_of_the_
     assert classifier_phantom_sources(tiny_config(tmp_path)) == []  # the defaults: no classifier phantoms
     with pytest.raises(ValueError, match="classifier_hard_ostia_phantoms"):
         tiny_config(tmp_path, classifier_hard_ostia_phantoms=-1)
+
+
+def test_cached_candidate_rows_are_not_reused_after_the_heart_localiser_changes(tmp_path: Path) -> None:
+    # The rows come from the heart crop: rows cached with another localiser (the network unchanged,
+    # as from 1.3.0 to 1.3.1) are other rows.
+    import dataclasses
+
+    from training.candidate_data import _cache_path
+
+    weights = load_weights(Path(__file__).resolve().parents[1] / "models" / "cacnode-v1.pt")
+    heart = dataclasses.replace(weights.preprocess.heart, min_lung_ml=100.0)
+    before = dataclasses.replace(weights, preprocess=dataclasses.replace(weights.preprocess, heart=heart))
+    assert before.network_uid == weights.network_uid
+    source = ChestSource(1)
+    assert _cache_path(source, before, tmp_path, 0.1) != _cache_path(source, weights, tmp_path, 0.1)
+    assert _cache_path(source, weights, tmp_path, 0.1) == _cache_path(source, weights, tmp_path, 0.1)

@@ -30,7 +30,7 @@ from pipeline.candidates import majority_classes
 from pipeline.inference import ModelConfig, look_closer, run_network
 from pipeline.preprocess import Preprocess, extract
 from pipeline.weights import WeightsFile
-from training.cases import CaseSource
+from training.cases import CaseSource, preprocess_tag
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,10 @@ def case_rows(source: CaseSource, weights: WeightsFile, index: int, gate: float,
 
 
 def _cache_path(source: CaseSource, weights: WeightsFile, cache_dir: Path, gate: float) -> Path:
-    # Stale when the network, the features or the gate change (not when only the classifier was refitted).
-    return cache_dir / (f"{source.key}-{weights.network_uid}-f{N_FEATURES}-p{PATCH_CHANNELS}x{PATCH_SIDE}"
-                        f"-w{WIDE_CHANNELS}x{WIDE_SIDE}-g{gate:g}.npz")
+    # Stale when the network, the preprocessing (the heart crop), the features or the gate change
+    # (not when only the classifier was refitted).
+    return cache_dir / (f"{source.key}-{weights.network_uid}-{preprocess_tag(weights.preprocess)}"
+                        f"-f{N_FEATURES}-p{PATCH_CHANNELS}x{PATCH_SIDE}-w{WIDE_CHANNELS}x{WIDE_SIDE}-g{gate:g}.npz")
 
 
 def _cached_count(source: CaseSource, weights: WeightsFile, cache_dir: Path, gate: float) -> int:

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 
 from pipeline.arteries import ARTERY_NAMES
 from pipeline.heart import HeartLocation
-from pipeline.preprocess import AIR_HU, CropAroundHeart, Preprocess, extract
+from pipeline.preprocess import AIR_HU, CropAroundHeart, Preprocess, PreprocessConfig, extract
 from pipeline.scoring import ScoringProfile, score_calcium
 from training.phantom import REVISION
 
@@ -149,10 +149,15 @@ class CachedCase:
     labelled_outside: int  # labelled voxels the crop lost (should be 0)
 
 
+def preprocess_tag(config: PreprocessConfig) -> str:
+    """A short digest of the preprocessing settings (the heart localiser's among them), for cache names:
+    what was cached with other settings is not reused."""
+    return hashlib.sha1(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:8]
+
+
 def cache_case(source: CaseSource, preprocess: Preprocess, cache_dir: Path) -> Path:
     """Preprocess ``source`` once; returns the cache file (reused when present)."""
-    tag = hashlib.sha1(json.dumps(dataclasses.asdict(preprocess.config), sort_keys=True).encode()).hexdigest()[:8]
-    path = cache_dir / f"{source.key}-{tag}.npz"
+    path = cache_dir / f"{source.key}-{preprocess_tag(preprocess.config)}.npz"
     if path.is_file():
         return path
     case = source.load()
