@@ -10,7 +10,7 @@ probabilities must not have been trained on these cases, or its confidence
 would be that of training data, not of new scans: the phantom seeds used here
 are their own range.
 
-Rows are cached per case and network UID under ``cache_dir`` (a few MB each),
+Rows are cached per case, network UID and preprocessing settings under ``cache_dir`` (a few MB each),
 so refitting the classifier does not regenerate phantoms.
 """
 
