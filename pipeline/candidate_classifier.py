@@ -19,11 +19,13 @@ gets a closer look at native resolution.  These branches are joined:
   by default.
 
 Faint candidates (under ``FAINT_AREA_MM2`` and peaking under ``FAINT_PEAK_HU``,
-in a series whose noise SD is at least ``FAINT_NOISE_SD_HU``) can be held to
+a limit that rises with the series' noise since 1.3.2, in a series whose
+noise SD is at least ``FAINT_NOISE_SD_HU``) can be held to
 a stricter bias (``faint_bias``, on top of the background bias): that is
 where noise specks and the faintest plaques look alike, and a false one turns
 a zero-calcium scan into a positive one while a missed one costs under 3
-Agatston (model card).  In a quieter series such a spot is rarely noise.
+Agatston (under 6 where the risen limit passes 200 HU; model card).  In a
+quieter series such a spot is rarely noise.
 
 Candidates whose highest network coronary probability is below ``gate`` are
 background without a closer look: that keeps the CPU cost per series small
@@ -43,11 +45,15 @@ from torch import nn
 from pipeline.arteries import N_CLASSES
 from pipeline.candidate_features import N_FEATURES, PATCH_CHANNELS, area_and_peak
 
-# Faint candidates: density weight 1 and under 3 mm^2, so at most 3 Agatston each, in a noisy
-# series (``pipeline.noise``; chosen on development phantoms 62000-62399, model card).
+# Faint candidates: under 3 mm^2 and peaking under 170 HU (density weight 1, so at most 3 Agatston
+# each), in a noisy series (``pipeline.noise``; chosen on development phantoms 62000-62399, model card).
 FAINT_AREA_MM2 = 3.0
 FAINT_PEAK_HU = 170.0
 FAINT_NOISE_SD_HU = 27.0
+# Noise specks peak higher the noisier the series: since 1.3.2 the peak limit rises by this many HU
+# per HU of noise SD over FAINT_NOISE_SD_HU (232 HU at 40 HU of noise).  A newly fitted classifier
+# takes it; a weights file without it keeps the fixed 170 HU (``ClassifierWeights.faint_peak_slope``).
+FAINT_PEAK_SLOPE = 4.8
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,12 @@ def decide(logits: torch.Tensor, background_bias: float, faint: torch.Tensor | N
     return shifted.argmax(dim=1)
 
 
-def faint(features: np.ndarray, noise_sd_hu: float) -> np.ndarray:
-    """Boolean per feature row: the candidate is under ``FAINT_AREA_MM2`` and peaks under ``FAINT_PEAK_HU``,
-    and its series' noise SD (``pipeline.noise.noise_sd_hu``) is at least ``FAINT_NOISE_SD_HU``."""
+def faint(features: np.ndarray, noise_sd_hu: float, peak_slope: float = 0.0) -> np.ndarray:
+    """Boolean per feature row: the candidate is under ``FAINT_AREA_MM2`` and peaks under the faint limit,
+    and its series' noise SD (``pipeline.noise.noise_sd_hu``) is at least ``FAINT_NOISE_SD_HU``.
+
+    The limit is ``FAINT_PEAK_HU`` plus ``peak_slope`` HU per HU of noise SD over ``FAINT_NOISE_SD_HU``.
+    """
     area, peak = area_and_peak(features)
-    return (area < FAINT_AREA_MM2) & (peak < FAINT_PEAK_HU) & (noise_sd_hu >= FAINT_NOISE_SD_HU)
+    limit = FAINT_PEAK_HU + peak_slope * max(noise_sd_hu - FAINT_NOISE_SD_HU, 0.0)
+    return (area < FAINT_AREA_MM2) & (peak < limit) & (noise_sd_hu >= FAINT_NOISE_SD_HU)

@@ -149,7 +149,7 @@ class Labeller:
         looked = look_closer(hu, prepared, logits, self.config.candidate_threshold_hu,
                              self.config.candidate_connectivity, self.classifier.config.gate,
                              wide=self.classifier.config.wide_channels > 0, survey=survey)
-        return decide_candidates(self.classifier, looked)
+        return decide_candidates(self.classifier, looked, self.weights.classifier.faint_peak_slope)
 
     @staticmethod
     def place(hu: np.ndarray, prepared: Prepared, crop_labels: np.ndarray) -> np.ndarray:
@@ -167,10 +167,12 @@ class CandidateDecisions:
     looked_at: np.ndarray  # 0-based indices of the candidates past the gate
     logits: torch.Tensor  # (len(looked_at), n_classes)
     noise_sd_hu: float  # of the heart crop (``pipeline.noise``)
+    faint_peak_slope: float = 0.0  # the weights file's (``candidate_classifier.faint``)
 
     def classes(self, background_bias: float, faint_bias: float = 0.0) -> np.ndarray:
         """uint8 class of each candidate looked at (``faint_bias`` more for the faint ones)."""
-        is_faint = torch.from_numpy(faint(self.candidates.features[self.looked_at], self.noise_sd_hu))
+        is_faint = torch.from_numpy(faint(self.candidates.features[self.looked_at], self.noise_sd_hu,
+                                          self.faint_peak_slope))
         return decide(self.logits, background_bias, is_faint, faint_bias).numpy().astype(np.uint8)
 
     def labels(self, background_bias: float, faint_bias: float = 0.0) -> np.ndarray:
@@ -188,8 +190,10 @@ class CandidateDecisions:
         return labels
 
 
-def decide_candidates(classifier: CandidateClassifier, looked: LookedAt) -> CandidateDecisions:
-    """The classifier's logits (on the CPU) for the candidates past the gate; it runs where its weights are."""
+def decide_candidates(classifier: CandidateClassifier, looked: LookedAt,
+                      faint_peak_slope: float = 0.0) -> CandidateDecisions:
+    """The classifier's logits (on the CPU) for the candidates past the gate; it runs where its weights are
+    (``faint_peak_slope``: the weights file's, for the faint candidates)."""
     scores = torch.zeros((0, classifier.config.n_classes))
     if looked.indices.size:
         device = classifier.feature_mean.device
@@ -197,7 +201,7 @@ def decide_candidates(classifier: CandidateClassifier, looked: LookedAt) -> Cand
                   for a in (looked.candidates.features[looked.indices], looked.patches, looked.wide)]
         with torch.inference_mode():
             scores = classifier(*inputs).cpu()
-    return CandidateDecisions(looked.candidates, looked.indices, scores, looked.noise_sd_hu)
+    return CandidateDecisions(looked.candidates, looked.indices, scores, looked.noise_sd_hu, faint_peak_slope)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig
+from pipeline.candidate_classifier import FAINT_PEAK_SLOPE, CandidateClassifier, ClassifierConfig
 from pipeline.errors import ModelError
 from pipeline.heart import HeartLocatorSettings
 from pipeline.identity import AlgorithmIdentity
@@ -56,6 +56,8 @@ class ClassifierWeights:
     background_bias: float = 0.0  # added to its background logit before the argmax
     training: dict[str, Any] = field(default_factory=dict)
     faint_bias: float = 0.0  # more for faint candidates (``candidate_classifier.faint``); 0: none (1.2.0)
+    # HU the faint peak limit rises per HU of noise SD over the gate; files before 1.3.2 have none: 0.
+    faint_peak_slope: float = FAINT_PEAK_SLOPE
 
     def build(self) -> CandidateClassifier:
         """The classifier with these weights, in eval mode."""
@@ -117,6 +119,7 @@ def save_weights(weights: WeightsFile, path: Path) -> None:
             "state_dict": _float32(c.state_dict),
             "background_bias": float(c.background_bias),
             "faint_bias": float(c.faint_bias),
+            "faint_peak_slope": float(c.faint_peak_slope),
             "training": _plain(c.training),
         }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +171,7 @@ def _classifier(stored: Any) -> ClassifierWeights | None:
         background_bias=float(stored.get("background_bias", 0.0)),
         training=dict(stored.get("training", {})),
         faint_bias=float(stored.get("faint_bias", 0.0)),
+        faint_peak_slope=float(stored.get("faint_peak_slope", 0.0)),
     )
 
 

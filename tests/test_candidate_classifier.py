@@ -11,7 +11,7 @@ import torch
 from scipy import ndimage
 
 from pipeline.arteries import N_CLASSES
-from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig, decide, faint
+from pipeline.candidate_classifier import FAINT_PEAK_SLOPE, CandidateClassifier, ClassifierConfig, decide, faint
 from pipeline.candidate_features import (FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, PATCH_MM, PATCH_SIDE,
                                          PATCH_SLICES, WIDE_CHANNELS, WIDE_MM, WIDE_SIDE, Candidates,
                                          candidate_features, candidate_patches, gated, wide_patches)
@@ -173,6 +173,24 @@ def test_faint_candidates_are_small_and_under_170_hu_in_a_noisy_series() -> None
     assert not faint(found.features, 26.9).any()  # a quieter series: none is faint
 
 
+def test_the_faint_peak_limit_rises_with_the_noise_when_the_weights_say_so() -> None:
+    """1.3.2: 170 HU at the 27 HU gate, 4.8 HU more per HU of noise SD over it (232.4 HU at 40 HU)."""
+    hu = np.full((3, 24, 24), FAT, dtype=np.float32)
+    hu[1, 2, 2:4] = 200.0  # 2 mm^2 at 200 HU
+    hu[1, 6, 2:4] = 232.0  # 2 mm^2 at 232 HU: under 232.4
+    hu[1, 10, 2:4] = 233.0  # over it
+    hu[1, 14:16, 2:4] = 200.0  # 4 mm^2: too large at any noise
+    found = candidate_features(hu, _uniform_probabilities(hu.shape, 8), CropBox(0, 3, 0, 0, 24, 24, 12, 12, True),
+                               (1.0, 1.0), 3.0, 130.0, 8)
+    rows = found.centres[:, 1].round().astype(int)
+    def marked(noise: float, slope: float) -> dict[int, bool]:
+        return dict(zip(rows.tolist(), faint(found.features, noise, slope).tolist()))
+    assert marked(40.0, 4.8) == {2: True, 6: True, 10: False, 14: False}
+    assert marked(40.0, 0.0) == {2: False, 6: False, 10: False, 14: False}  # before 1.3.2: 170 HU
+    assert marked(27.0, 4.8) == {2: False, 6: False, 10: False, 14: False}  # at the gate: 170 HU
+    assert not any(marked(26.9, 4.8).values())
+
+
 def _weights_with_classifier(tmp_path: Path) -> WeightsFile:
     torch.manual_seed(0)
     small = UNetConfig(channels=(4, 8, 8))
@@ -196,6 +214,7 @@ def test_classifier_round_trips_through_the_weights_file(tmp_path: Path) -> None
     assert loaded.classifier is not None and saved.classifier is not None
     assert loaded.classifier.background_bias == 1.5 and loaded.classifier.config.hidden == (8,)
     assert loaded.classifier.faint_bias == 2.0
+    assert loaded.classifier.faint_peak_slope == saved.classifier.faint_peak_slope == FAINT_PEAK_SLOPE
     x = torch.randn(7, N_FEATURES)
     patches = torch.randn(7, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE)
     wide = torch.randn(7, WIDE_CHANNELS, WIDE_SIDE, WIDE_SIDE)
@@ -220,11 +239,12 @@ def test_a_classifier_stored_before_the_wide_view_still_loads(tmp_path: Path) ->
     payload = torch.load(tmp_path / "w.pt", weights_only=False)
     payload["classifier"]["config"].pop("wide_channels")
     payload["classifier"].pop("faint_bias")  # nor a faint bias: none (1.2.0 and before)
+    payload["classifier"].pop("faint_peak_slope")  # nor a rising faint limit: a fixed 170 HU (before 1.3.2)
     payload["classifier"]["state_dict"] = old
     torch.save(payload, tmp_path / "old.pt")
     loaded = load_weights(tmp_path / "old.pt")
     assert loaded.classifier is not None and loaded.classifier.config.wide_channels == 0
-    assert loaded.classifier.faint_bias == 0.0
+    assert loaded.classifier.faint_bias == 0.0 and loaded.classifier.faint_peak_slope == 0.0
     with torch.inference_mode():
         assert loaded.classifier.build()(torch.randn(3, N_FEATURES),
                                          torch.randn(3, PATCH_CHANNELS, PATCH_SIDE, PATCH_SIDE)).shape == (3, N_CLASSES)
@@ -281,6 +301,9 @@ def test_the_faint_bias_drops_only_the_faint_candidates() -> None:
     assert decisions.classes(1.5, 0.5).tolist() == [0, 2, 2]  # the faint bias adds to the background bias
     assert decisions.classes(2.5, 0.0).tolist() == [0, 0, 0]
     np.testing.assert_array_equal(decisions.labels(0.0, 3.0), np.where(ids >= 2, 2, 0))
+    # With the weights' rising limit (1.3.2), 400 HU is faint in a series with noise SD 90 HU (limit 472 HU).
+    assert CandidateDecisions(found, np.arange(3), logits, 90.0, 4.8).classes(0.0, 3.0).tolist() == [0, 0, 2]
+    assert CandidateDecisions(found, np.arange(3), logits, 90.0).classes(0.0, 3.0).tolist() == [0, 2, 2]
 
 
 def test_gate_keeps_candidates_the_network_finds_likely() -> None:
