@@ -191,7 +191,7 @@ class CandidateDecisions:
 
 
 def decide_candidates(classifier: CandidateClassifier, looked: LookedAt,
-                      faint_peak_slope: float = 0.0) -> CandidateDecisions:
+                      faint_peak_slope: float) -> CandidateDecisions:
     """The classifier's logits (on the CPU) for the candidates past the gate; it runs where its weights are
     (``faint_peak_slope``: the weights file's, for the faint candidates)."""
     scores = torch.zeros((0, classifier.config.n_classes))
