@@ -7,7 +7,8 @@ The method, on a volume resampled to ~3 mm in-plane for speed:
 1. body  = the largest connected object denser than -500 HU once what is under
    three samples thick is opened away (the table's shells and a bridge to them),
    holes filled per slice (and gaps along rows and columns, for a body cut by
-   the field of view);
+   the field of view, and a lung that the field cut open: a gap reaching the
+   field's edge that reads as lung, not outside air, within the body's extent);
 2. lungs = air regions (< -400 HU) inside the body, small pockets (bowel gas)
    dropped by volume;
 3. mediastinum = soft tissue and fat (-250..250 HU; bone excluded) lying on the
@@ -59,6 +60,9 @@ class HeartLocatorSettings:
     body_hu: float = -500.0
     lung_hu: float = -400.0
     no_data_hu: float = -1500.0  # below: padding outside the reconstruction circle (not opened away from)
+    # A gap in the body reaching the field's edge is lung when its median is above this: lung reads
+    # -900..-700 HU, outside air -1000 HU.
+    outside_air_hu: float = -950.0
     # Air regions smaller than this are not lung (bowel gas, bronchi).  Not more: a heart turned into
     # the left chest of a thin patient can leave a left lung of 75 mL in the slab (a shifted phantom).
     min_lung_ml: float = 20.0
@@ -83,7 +87,7 @@ def locate_heart(
     sampling = (float(increment_mm), pixel_spacing_mm[0] * step, pixel_spacing_mm[1] * step)
     voxel_ml = float(np.prod(sampling)) / 1000.0
 
-    body = _body_mask(small, settings.body_hu, settings.no_data_hu)
+    body = _body_mask(small, settings)
     lungs = _lung_mask(small, body, settings.lung_hu, settings.min_lung_ml / voxel_ml)
     lung_area = lungs.sum(axis=(1, 2))
     if lung_area.max() == 0:
@@ -127,7 +131,7 @@ def _grown_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(found[0], mask.shape))
 
 
-def _body_mask(hu: np.ndarray, body_hu: float, no_data_hu: float) -> np.ndarray:
+def _body_mask(hu: np.ndarray, settings: HeartLocatorSettings) -> np.ndarray:
     """Largest object denser than ``body_hu``, holes filled per slice.
 
     Structures under three samples thick are opened away first: the table's shells,
@@ -136,7 +140,8 @@ def _body_mask(hu: np.ndarray, body_hu: float, no_data_hu: float) -> np.ndarray:
     the body above it as if it were lung.  The padding outside the reconstruction circle
     (below ``no_data_hu``) is no air: the body is not opened away from it.
     """
-    dense = _open_in_plane(hu > body_hu, hu < no_data_hu)
+    no_data = hu < settings.no_data_hu
+    dense = _open_in_plane(hu > settings.body_hu, no_data)
     components, n = ndimage.label(dense)
     if n == 0:
         return dense
@@ -145,8 +150,51 @@ def _body_mask(hu: np.ndarray, body_hu: float, no_data_hu: float) -> np.ndarray:
     body = components == int(np.argmax(sizes))
     # A large patient is cut by the reconstruction field of view, and a lung touching
     # the image edge is then no "hole".  Also fill every pixel lying between body
-    # pixels along its row or along its column (the trunk is nearly convex).
-    return _fill_holes_per_slice(body) | _first_to_last(body, axis=2) | _first_to_last(body, axis=1)
+    # pixels along its row or along its column (the trunk is nearly convex), and the
+    # lung that the field cut open.
+    filled = _fill_holes_per_slice(body) | _first_to_last(body, axis=2) | _first_to_last(body, axis=1)
+    return filled | _lung_cut_open(hu, filled, no_data, settings.outside_air_hu)
+
+
+def _lung_cut_open(hu: np.ndarray, body: np.ndarray, no_data: np.ndarray, outside_air_hu: float) -> np.ndarray:
+    """The gaps of each slice of ``body`` that reach the field's edge (the image's edge or the padding),
+    read as lung (most of their pixels above ``outside_air_hu``) and lie within the body's rows on
+    a slice where the field cuts the body too: lung that a small field of view cut open.
+
+    Outside air reads as air; the table's foam core reads as lung, but lies beyond the back.
+    """
+    field_edge = _next_to(no_data)
+    field_edge[:, [0, -1]] = field_edge[:, :, [0, -1]] = True
+    cut_slices = (body & field_edge).any(axis=(1, 2))
+    if not cut_slices.any():  # the whole body within the field (no work, as in most scans)
+        return np.zeros_like(body)
+    gaps, n = ndimage.label(~body & ~no_data, structure=_SLICE_2D)
+    at_edge = np.zeros(n + 1, dtype=bool)
+    at_edge[gaps[field_edge]] = True
+    above = np.bincount(gaps[hu > outside_air_hu], minlength=n + 1)
+    lung_like = 2 * above > np.bincount(gaps.ravel(), minlength=n + 1)
+    lung_like[0] = False
+    rows_with_body = body.any(axis=2)  # (slices, rows)
+    first = np.argmax(rows_with_body, axis=1)
+    last = rows_with_body.shape[1] - 1 - np.argmax(rows_with_body[:, ::-1], axis=1)
+    boxes = ndimage.find_objects(gaps)
+    keep = np.zeros(n + 1, dtype=bool)
+    for i in np.flatnonzero(at_edge & lung_like):
+        z, rows, _ = boxes[i - 1]
+        # not past the front or the back
+        keep[i] = cut_slices[z.start] and first[z.start] < rows.start and rows.stop - 1 < last[z.start]
+    return keep[gaps]
+
+
+def _next_to(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one pixel along rows and columns (the in-plane cross); nothing comes in from
+    past the image's edge."""
+    near = mask.copy()
+    near[:, 1:] |= mask[:, :-1]
+    near[:, :-1] |= mask[:, 1:]
+    near[:, :, 1:] |= mask[:, :, :-1]
+    near[:, :, :-1] |= mask[:, :, 1:]
+    return near
 
 
 def _open_in_plane(mask: np.ndarray, unknown: np.ndarray) -> np.ndarray:
@@ -156,18 +204,9 @@ def _open_in_plane(mask: np.ndarray, unknown: np.ndarray) -> np.ndarray:
     wider than the field of view is cut there, not thin.  Array shifts: a twentieth of the
     time of ``ndimage.binary_opening``.
     """
-    either = mask | unknown
-    core = either.copy()
-    core[:, 1:] &= either[:, :-1]
-    core[:, :-1] &= either[:, 1:]
-    core[:, :, 1:] &= either[:, :, :-1]
-    core[:, :, :-1] &= either[:, :, 1:]
-    opened = core.copy()
-    opened[:, 1:] |= core[:, :-1]
-    opened[:, :-1] |= core[:, 1:]
-    opened[:, :, 1:] |= core[:, :, :-1]
-    opened[:, :, :-1] |= core[:, :, 1:]
-    return opened & mask
+    outside = ~(mask | unknown)
+    core = ~_next_to(outside)  # the erosion: nothing outside comes in from past the image's edge
+    return _next_to(core) & mask
 
 
 def _first_to_last(mask: np.ndarray, axis: int) -> np.ndarray:

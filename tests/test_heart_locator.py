@@ -1,9 +1,11 @@
-"""The heart localiser on the chests that broke it in the shifted phantoms (session 13).
+"""The heart localiser on the chests that broke it in the shifted phantoms (sessions 13 and 14).
 
 Each chest is the analytic one of ``synthetic_chest`` with one change: a
-table joined to the back, or a small left lung.  The localiser must still put
-the heart between the lungs.  The earlier localiser put it 21.5 mm off in the
-first and found no lungs in the second.
+table joined to the back, a small left lung, or a small field of view that
+cuts the lungs open.  The localiser must still put the heart between the
+lungs.  The session-12 localiser put it 21.5 mm off in the first and found no
+lungs in the second; the session-13 one put it 20.4 mm off in the third, and
+dropped a third of the heart's slices.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.heart import HeartLocatorSettings, _open_in_plane, locate_heart
+from pipeline.heart import HeartLocatorSettings, _body_mask, _open_in_plane, locate_heart
 from synthetic_chest import Chest, make_chest
 
 
@@ -55,6 +57,61 @@ def test_a_small_left_lung_still_counts() -> None:
     assert 20.0 < ml < 100.0
     assert _centre_error_mm(Chest(hu, chest.labels, chest.pixel_spacing_mm, chest.increment_mm,
                                   chest.heart_centre, chest.heart_slices)) <= 15.0
+
+
+def _small_field(chest: Chest, radius: int) -> Chest:
+    """``chest`` reconstructed in a circle of ``radius`` pixels on the heart, padded outside with -3024 HU
+    as scanners pad."""
+    size = chest.hu.shape[1]
+    yy, xx = np.mgrid[:size, :size]
+    hu = chest.hu.copy()
+    hu[:, (yy - chest.heart_centre[0]) ** 2 + (xx - chest.heart_centre[1]) ** 2 > radius**2] = -3024.0
+    return Chest(hu, chest.labels, chest.pixel_spacing_mm, chest.increment_mm, chest.heart_centre,
+                 chest.heart_slices)
+
+
+def test_lungs_cut_open_by_a_small_field_are_lung() -> None:
+    # A 128 mm field on the heart of a 230 mm wide chest (shifted phantoms 950025, 1060041, 1070002:
+    # 227-238 mm on larger chests): each lung reaches the field's edge above, below and beside, so it
+    # is no hole in the body.  It reads as lung (-850 HU), not outside air, and lies within the body.
+    assert _centre_error_mm(_small_field(make_chest(heart_offset=(2, 10)), radius=32)) <= 15.0
+
+
+def test_outside_air_within_the_field_is_not_body() -> None:
+    # A field wider than the body: the air around it reaches the padding too, but reads as air.
+    chest = make_chest(heart_offset=(2, 10))
+    size = chest.hu.shape[1]
+    yy, xx = np.mgrid[:size, :size]
+    ellipse = ((yy - size / 2.0) / (0.38 * size)) ** 2 + ((xx - size / 2.0) / (0.45 * size)) ** 2
+    hu = chest.hu.copy()
+    hu[:, (yy - size / 2.0) ** 2 + (xx - size / 2.0) ** 2 > (0.49 * size) ** 2] = -3024.0
+    body = _body_mask(hu, HeartLocatorSettings())
+    assert body[:, ellipse < 0.95].all()  # the lungs within are body
+    assert not body[:, (ellipse > 1.05) & (hu[0] > -1500.0)].any()
+    # Lungs cut open by a small field are filled as body when they read as lung.  The same gaps
+    # reading as outside air (-1000 HU) are not: only the 16 % that lie between body pixels along a
+    # row or a column, as without the fill.
+    small = _small_field(chest, radius=32)
+    lungs = (small.hu < -500.0) & (small.hu > -1500.0)
+    assert _body_mask(small.hu, HeartLocatorSettings())[lungs].all()
+    as_air = np.where(lungs, -1000.0, small.hu)
+    assert _body_mask(as_air, HeartLocatorSettings())[lungs].mean() < 0.2
+
+
+def test_a_table_beyond_a_back_cut_by_the_image_is_not_lung() -> None:
+    # A body wider than the image (cut at its left and right edges) on a table whose foam core
+    # (-850 HU) reaches the image's edges below the back: it reads as lung, but lies past the back.
+    chest = make_chest(heart_offset=(2, 10))
+    hu = chest.hu[:, :, 12:-12].copy()
+    back = int(hu.shape[1] / 2 + 0.38 * hu.shape[1])
+    hu[:, back + 2 : back + 4] = 250.0
+    hu[:, back + 4 : back + 20] = -850.0
+    hu[:, back + 20 : back + 22] = 250.0
+    body = _body_mask(hu, HeartLocatorSettings())
+    assert not body[:, back + 4 :].any()
+    cut = Chest(hu, chest.labels[:, :, 12:-12], chest.pixel_spacing_mm, chest.increment_mm,
+                (chest.heart_centre[0], chest.heart_centre[1] - 12), chest.heart_slices)
+    assert _centre_error_mm(cut) <= 15.0
 
 
 @pytest.mark.parametrize("p", [0.3, 0.6, 0.9])
