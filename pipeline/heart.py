@@ -8,7 +8,7 @@ The method, on a volume resampled to ~3 mm in-plane for speed:
    three samples thick is opened away (the table's shells and a bridge to them),
    holes filled per slice (and gaps along rows and columns, for a body cut by
    the field of view, and a lung that the field cut open: a gap reaching the
-   field's edge that reads as lung, not outside air, within the body's extent);
+   field's edge that reads as lung, not outside air, within the body's rows);
 2. lungs = air regions (< -400 HU) inside the body, small pockets (bowel gas)
    dropped by volume;
 3. mediastinum = soft tissue and fat (-250..250 HU; bone excluded) lying on the
@@ -60,7 +60,7 @@ class HeartLocatorSettings:
     body_hu: float = -500.0
     lung_hu: float = -400.0
     no_data_hu: float = -1500.0  # below: padding outside the reconstruction circle (not opened away from)
-    # A gap in the body reaching the field's edge is lung when its median is above this: lung reads
+    # A gap in the body reaching the field's edge is lung when most of it is above this: lung reads
     # -900..-700 HU, outside air -1000 HU.
     outside_air_hu: float = -950.0
     # Air regions smaller than this are not lung (bowel gas, bronchi).  Not more: a heart turned into
@@ -166,7 +166,7 @@ def _lung_cut_open(hu: np.ndarray, body: np.ndarray, no_data: np.ndarray, outsid
     field_edge = _next_to(no_data)
     field_edge[:, [0, -1]] = field_edge[:, :, [0, -1]] = True
     cut_slices = (body & field_edge).any(axis=(1, 2))
-    if not cut_slices.any():  # the whole body within the field (no work, as in most scans)
+    if not cut_slices.any():  # the whole body within the field: nothing was cut open
         return np.zeros_like(body)
     gaps, n = ndimage.label(~body & ~no_data, structure=_SLICE_2D)
     at_edge = np.zeros(n + 1, dtype=bool)
