@@ -174,9 +174,7 @@ def _lung_cut_open(hu: np.ndarray, body: np.ndarray, no_data: np.ndarray, outsid
     above = np.bincount(gaps[hu > outside_air_hu], minlength=n + 1)
     lung_like = 2 * above > np.bincount(gaps.ravel(), minlength=n + 1)
     lung_like[0] = False
-    rows_with_body = body.any(axis=2)  # (slices, rows)
-    first = np.argmax(rows_with_body, axis=1)
-    last = rows_with_body.shape[1] - 1 - np.argmax(rows_with_body[:, ::-1], axis=1)
+    first, last = _first_and_last(body.any(axis=2), axis=1)  # the body's first and last row per slice
     boxes = ndimage.find_objects(gaps)
     keep = np.zeros(n + 1, dtype=bool)
     for i in np.flatnonzero(at_edge & lung_like):
@@ -209,11 +207,17 @@ def _open_in_plane(mask: np.ndarray, unknown: np.ndarray) -> np.ndarray:
     return _next_to(core) & mask
 
 
+def _first_and_last(mask: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the first and of the last True of each line of ``mask`` along ``axis`` (0 and n - 1
+    for a line without one)."""
+    n = mask.shape[axis]
+    return np.argmax(mask, axis=axis), n - 1 - np.argmax(np.flip(mask, axis=axis), axis=axis)
+
+
 def _first_to_last(mask: np.ndarray, axis: int) -> np.ndarray:
     """True from the first to the last True of each line of ``mask`` along ``axis``, both included."""
     n = mask.shape[axis]
-    first = np.expand_dims(np.argmax(mask, axis=axis), axis)
-    last = n - 1 - np.expand_dims(np.argmax(np.flip(mask, axis=axis), axis=axis), axis)
+    first, last = (np.expand_dims(i, axis) for i in _first_and_last(mask, axis))
     shape = [1] * mask.ndim
     shape[axis] = n
     position = np.arange(n).reshape(shape)
