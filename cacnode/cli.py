@@ -48,6 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, help="write the Secondary Capture summary image here")
     _add_config(p)
 
+    p = sub.add_parser(
+        "evaluate",
+        help="score series that have reference labels and report the model's agreement with them",
+        epilog="exit status: 0 every case scored, 1 some cases skipped (the others reported), 2 error",
+    )
+    p.add_argument("cases", type=Path,
+                   help="a folder of case folders (each dicom/ and labels.seg.dcm, labels.nii.gz or labels.nii) "
+                        "or a .csv with columns series_dir,labels (paths relative to it; empty labels: no calcium)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for cases.csv, summary.json, bland_altman.png and scatter.png")
+    p.add_argument("--weights", type=Path, help="model weights file (default: [model] weights of the config)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="where the model runs (default: [model] device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print summary.json instead of the text report")
+    _add_config(p)
+
     p = sub.add_parser("phantom", help="generate synthetic calcium-scoring CT phantoms with exact ground truth")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--n", type=int, default=1, help="number of cases (default 1)")
@@ -102,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             log.exception("failed")
         print(f"cacnode {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        # evaluate's 1 means "some cases skipped, the others reported": its errors need another status.
+        return 2 if args.command == "evaluate" else 1
     except KeyboardInterrupt:
         return 130
 
@@ -117,6 +134,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cacnode.score_command import run_score
 
         return run_score(args, config)
+    if args.command == "evaluate":
+        from cacnode.evaluate_command import run_evaluate
+
+        return run_evaluate(args, config)
     if args.command == "train":
         try:
             from training.train import run_train

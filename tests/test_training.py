@@ -19,7 +19,7 @@ from synthetic_chest import make_chest  # noqa: E402
 from training.augment import Augmentation, full_case, training_sample  # noqa: E402
 from training.cases import TrainingCase, cache_case, load_cached  # noqa: E402
 from training.config import TrainingConfig  # noqa: E402
-from training.metrics import case_outcome, icc_absolute, summarise, weighted_kappa  # noqa: E402
+from evaluation.metrics import case_outcome, icc_absolute, summarise, weighted_kappa  # noqa: E402
 from training.train import run_train  # noqa: E402
 
 

@@ -5,7 +5,7 @@ Usage::
     python -m training.calibrate models/cacnode-v1.pt --first-seed 20000 --n 60
 
 The network is run once per phantom; the label maps for each candidate bias
-are then derived from the same logits and scored (``training.metrics``).  The
+are then derived from the same logits and scored (``evaluation.metrics``).  The
 bias is the lesion classifier's when the file has one (``classifier.background_bias``,
 with the extra one for faint candidates, ``classifier.faint_bias``: every pair of
 the two grids), else the network's (``background_bias``, majority rule).  The bias
@@ -32,7 +32,7 @@ from pipeline.inference import Labeller, ModelConfig, classify, grid_to_labels
 from pipeline.scoring import ScoringProfile
 from pipeline.weights import WeightsFile, load_weights, save_weights
 from training.cases import CaseSource, phantoms
-from training.metrics import CaseOutcome, compare, score_truth, summarise
+from evaluation.metrics import CaseOutcome, compare, score_truth, summarise
 from training.module import selection
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ Each phantom is generated from its seed (``training.phantom.generate``),
 labelled by the model through the same path as ``cacnode score``
 (``Labeller.predict_volume``: preprocessing, network, lesion classifier --
 or the candidate majority rule for a file without one) and
-compared with the phantom's truth labels (``training.metrics``).  Seeds from
+compared with the phantom's truth labels (``evaluation.metrics``).  Seeds from
 900000 on are never used by training (``[training]`` uses 10000+ and 20000+).
 ``--record`` stores the figures in the weights file's ``validation`` field
 under a name with the generator's revision (the UID is kept: the weights do
@@ -32,7 +32,7 @@ from pipeline.inference import Labeller, ModelConfig
 from pipeline.scoring import ScoringProfile
 from pipeline.weights import load_weights, save_weights
 from training.cases import phantom_geometry
-from training.metrics import CaseOutcome, case_outcome, summarise
+from evaluation.metrics import CaseOutcome, case_outcome, summarise
 from training.phantom import REVISION
 
 log = logging.getLogger(__name__)

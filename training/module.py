@@ -9,7 +9,7 @@ that keeps the output calm elsewhere.
 
 Validation runs the full inference path on whole heart crops, scores the
 labels with the Agatston definition and logs the figures of
-``training.metrics`` every validation epoch.
+``evaluation.metrics`` every validation epoch.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from evaluation.metrics import CaseOutcome, case_outcome, summarise
 from pipeline.inference import grid_to_labels
 from pipeline.model import UNet3D, UNetConfig
 from pipeline.scoring import ScoringProfile
 from training.augment import FullCase
-from training.metrics import CaseOutcome, case_outcome, summarise
 
 _OUTCOME_FIELDS = ("true_total", "pred_total", "right_artery", "detected", "lesions", "lesions_found",
                    "false_positives")

@@ -1,7 +1,12 @@
 """Validation figures on *scored* results, not only voxel overlap (pure numpy/scipy).
 
+Used by training (validation, calibration, the phantom evaluation) and by
+``cacnode evaluate``, so the figures of the model card and those a site
+measures on its own series are computed alike.
+
 Per case, :func:`case_outcome` compares a predicted label map with the truth
-(:func:`score_truth` once, then :func:`compare` per prediction);
+(:func:`score_truth` once, then :func:`compare` per prediction, or
+:func:`compare_by_artery` for the per-artery figures too);
 :func:`summarise` turns a list of outcomes into the figures the model card
 reports:
 
@@ -15,11 +20,16 @@ reports:
 - ``lesion_sensitivity``: truth lesions (3-D, 26-connected counted voxels) with
   at least one voxel labelled coronary;
 - ``fp_per_scan``: predicted lesions touching no truth coronary voxel, per case.
+
+Beside it: :func:`risk_confusion` (the 5x5 risk-category table behind the
+kappa), :func:`artery_agreement` (per artery ICC and the share of its truth
+Agatston found on it) and :func:`limits_of_agreement` (Bland & Altman 1986).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +52,15 @@ class CaseOutcome:
     lesions: int
     lesions_found: int
     false_positives: int
+
+
+@dataclass(frozen=True)
+class ArteryOutcome:
+    """One artery of one case (Agatston, increment-normalised as the case totals)."""
+
+    true: float  # truth Agatston of the artery
+    pred: float  # Agatston the prediction gave the artery
+    right: float  # truth Agatston of the artery on voxels the prediction counted and gave this artery
 
 
 def voxel_agatston(hu: np.ndarray, labels: np.ndarray, pixel_spacing_mm: tuple[float, float],
@@ -93,6 +112,37 @@ def compare(
 ) -> CaseOutcome:
     """Compare one prediction with the scored truth (``true_total`` overrides the truth total, e.g. whole-volume)."""
     pred_density = voxel_agatston(hu, pred_labels, pixel_spacing_mm, profile) * profile.increment_factor(increment_mm)
+    return _outcome(truth, pred_labels, pred_density, true_total)
+
+
+def compare_by_artery(
+    truth: ScoredTruth,
+    hu: np.ndarray,
+    pred_labels: np.ndarray,
+    pixel_spacing_mm: tuple[float, float],
+    increment_mm: float,
+    profile: ScoringProfile,
+) -> tuple[CaseOutcome, dict[str, ArteryOutcome]]:
+    """As :func:`compare`, with each artery's truth, predicted and rightly placed Agatston (keyed LM..RCA)."""
+    pred_density = voxel_agatston(hu, pred_labels, pixel_spacing_mm, profile) * profile.increment_factor(increment_mm)
+    true_counted, pred_counted = truth.density > 0, pred_density > 0
+    right = true_counted & pred_counted & (truth.labels == pred_labels)
+    # Sums per label value over the few counted voxels only (not a mask of the whole volume per artery).
+    true_by = _sum_by_label(truth.labels, truth.density, true_counted)
+    pred_by = _sum_by_label(pred_labels, pred_density, pred_counted)
+    right_by = _sum_by_label(truth.labels, truth.density, right)
+    arteries = {a.name: ArteryOutcome(float(true_by[a.label]), float(pred_by[a.label]), float(right_by[a.label]))
+                for a in ARTERIES}
+    return _outcome(truth, pred_labels, pred_density, None), arteries
+
+
+def _sum_by_label(labels: np.ndarray, values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Sum of ``values`` over ``where`` per label value 0..4."""
+    return np.bincount(labels[where].astype(np.intp), weights=values[where], minlength=len(ARTERIES) + 1)
+
+
+def _outcome(truth: ScoredTruth, pred_labels: np.ndarray, pred_density: np.ndarray,
+             true_total: float | None) -> CaseOutcome:
     true_counted, pred_counted = truth.density > 0, pred_density > 0
     detected = true_counted & pred_counted
     right = detected & (truth.labels == pred_labels)
@@ -142,11 +192,16 @@ def icc_absolute(a: np.ndarray, b: np.ndarray) -> float:
     return float((ms_rows - ms_err) / denominator)
 
 
-def weighted_kappa(true_cat: list[int], pred_cat: list[int], n_categories: int) -> float:
+def confusion_matrix(true_cat: Sequence[int], pred_cat: Sequence[int], n_categories: int) -> np.ndarray:
+    """Case counts, int64 (n_categories, n_categories): rows the truth category, columns the predicted one."""
+    counts = np.zeros((n_categories, n_categories), dtype=np.int64)
+    np.add.at(counts, (np.asarray(true_cat, dtype=np.intp), np.asarray(pred_cat, dtype=np.intp)), 1)
+    return counts
+
+
+def weighted_kappa(true_cat: Sequence[int], pred_cat: Sequence[int], n_categories: int) -> float:
     """Linearly weighted Cohen's kappa; 1.0 when both raters agree on a single category."""
-    observed = np.zeros((n_categories, n_categories))
-    for t, p in zip(true_cat, pred_cat):
-        observed[t, p] += 1
+    observed = confusion_matrix(true_cat, pred_cat, n_categories).astype(np.float64)
     if observed.sum() == 0:
         return math.nan
     observed /= observed.sum()
@@ -160,10 +215,64 @@ def weighted_kappa(true_cat: list[int], pred_cat: list[int], n_categories: int) 
 
 
 def category_index(total_agatston: float) -> int:
+    """Index in ``RISK_CATEGORIES`` of an unrounded total Agatston score."""
     return RISK_CATEGORIES.index(risk_category(total_agatston))
 
 
-def summarise(outcomes: list[CaseOutcome]) -> dict[str, float]:
+def risk_confusion(outcomes: Sequence[CaseOutcome]) -> np.ndarray:
+    """The 5x5 risk-category table of the cases: rows truth, columns predicted (``RISK_CATEGORIES`` order)."""
+    return confusion_matrix([category_index(o.true_total) for o in outcomes],
+                            [category_index(o.pred_total) for o in outcomes], len(RISK_CATEGORIES))
+
+
+@dataclass(frozen=True)
+class ArteryAgreement:
+    """How well one artery's Agatston agrees over a set of cases."""
+
+    icc: float  # ICC(2,1) of the artery's truth vs predicted Agatston; nan for fewer than 2 cases
+    right_artery: float  # of the artery's truth Agatston, the share found and given this artery; nan without any
+    true_total: float  # truth Agatston of the artery, summed over the cases
+    pred_total: float  # predicted Agatston of the artery, summed over the cases
+
+
+def artery_agreement(per_case: Sequence[Mapping[str, ArteryOutcome]]) -> dict[str, ArteryAgreement]:
+    """Per artery (LM, LAD, LCX, RCA) agreement over cases, each given as :func:`compare_by_artery`'s dict."""
+    out = {}
+    for name in (a.name for a in ARTERIES):
+        true = np.array([case[name].true for case in per_case], dtype=np.float64)
+        pred = np.array([case[name].pred for case in per_case], dtype=np.float64)
+        true_sum = float(true.sum())
+        right = sum(case[name].right for case in per_case)
+        out[name] = ArteryAgreement(
+            icc=icc_absolute(true, pred),
+            right_artery=right / true_sum if true_sum > 0 else math.nan,
+            true_total=true_sum,
+            pred_total=float(pred.sum()),
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class LimitsOfAgreement:
+    """Bland & Altman (1986) on differences predicted - truth (nan where fewer cases than needed)."""
+
+    mean_difference: float
+    sd_difference: float  # sample SD (n - 1)
+    lower: float  # mean - 1.96 SD: 95 % of differences expected above
+    upper: float  # mean + 1.96 SD
+
+
+def limits_of_agreement(true: Sequence[float] | np.ndarray, pred: Sequence[float] | np.ndarray) -> LimitsOfAgreement:
+    """Mean difference and 95 % limits of agreement of ``pred - true``."""
+    difference = np.asarray(pred, dtype=np.float64) - np.asarray(true, dtype=np.float64)
+    if difference.size == 0:
+        return LimitsOfAgreement(math.nan, math.nan, math.nan, math.nan)
+    mean = float(difference.mean())
+    sd = float(difference.std(ddof=1)) if difference.size > 1 else math.nan
+    return LimitsOfAgreement(mean, sd, mean - 1.96 * sd, mean + 1.96 * sd)
+
+
+def summarise(outcomes: Sequence[CaseOutcome]) -> dict[str, float]:
     """The validation figures of a list of cases (nan where undefined)."""
     true = np.array([o.true_total for o in outcomes])
     pred = np.array([o.pred_total for o in outcomes])
