@@ -8,9 +8,17 @@ or antero-posterior flips: they would swap RCA and LCX territories):
   a different number of millimetres;
 - heart localisation error: the crop centre is shifted by a few mm;
 - intensity: HU gain and offset (calibration drift, kernels) and added
-  Gaussian noise (dose), applied *before* the candidate threshold, so noise
-  makes spurious candidates as a low-dose scan does;
-- small rotations about the z axis (heart orientation varies between patients).
+  noise (dose) whose grain is randomised too (white, or blurred in-plane as
+  a smooth kernel's noise is), applied *before* the candidate threshold, so
+  noise makes spurious candidates as a low-dose scan does;
+- reconstruction kernel: an in-plane blur of random width (smooth kernels,
+  motion) before the noise;
+- rotations about the z axis (heart orientation varies between patients).
+
+The ranges are wider than one scanner or one phantom generator varies: what
+stays constant across training images becomes a feature the model relies on,
+so everything that is not anatomy is randomised beyond realism (SynthSeg's
+lesson; ``shared`` design notes on generalisation).
 
 The position channels are left unrotated: they keep describing where a cell
 is relative to the localised heart centre.
@@ -24,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from pipeline.arteries import N_CLASSES
 from pipeline.preprocess import AIR_HU, Preprocess, Prepared, extract, labels_to_grid, local_box
@@ -32,12 +41,16 @@ from training.cases import CachedCase
 
 @dataclass(frozen=True)
 class Augmentation:
-    scale: tuple[float, float] = (0.87, 1.15)
-    shift_mm: float = 6.0  # standard deviation of the crop-centre shift
-    gain: tuple[float, float] = (0.97, 1.03)
-    offset_hu: float = 15.0  # +- uniform
-    noise_hu: tuple[float, float] = (0.0, 20.0)  # sigma of added noise, uniform
-    rotate_deg: float = 12.0  # +- uniform about z
+    scale: tuple[float, float] = (0.8, 1.25)
+    shift_mm: float = 12.0  # standard deviation of the crop-centre shift (the localiser errs by this much)
+    gain: tuple[float, float] = (0.92, 1.08)
+    offset_hu: float = 30.0  # +- uniform
+    noise_hu: tuple[float, float] = (0.0, 35.0)  # sigma of added noise, uniform
+    p_noise_grain: float = 0.5  # share of samples whose added noise is blurred in-plane ...
+    noise_grain_px: tuple[float, float] = (0.5, 1.5)  # ... by a Gaussian of this sigma (then rescaled to sigma)
+    p_blur: float = 0.4  # share of samples blurred in-plane before the noise (a smoother kernel) ...
+    blur_px: tuple[float, float] = (0.3, 1.0)  # ... by a Gaussian of this sigma
+    rotate_deg: float = 25.0  # +- uniform about z
     p_lesion_centre: float = 0.6  # patch centred on a labelled cell
     p_candidate_centre: float = 0.3  # ... else on a candidate cell, else anywhere
 
@@ -76,10 +89,16 @@ def training_sample(
     box = preprocess.crop(case.where, case.pixel_spacing_mm, scale=scale, shift_mm=shift)
     hu = extract(case.hu, box, AIR_HU)
     labels = extract(case.labels, box, 0)
+    if rng.uniform() < aug.p_blur:
+        hu = ndimage.gaussian_filter(hu, (0.0, *[rng.uniform(*aug.blur_px)] * 2))
     hu = hu * rng.uniform(*aug.gain) + rng.uniform(-aug.offset_hu, aug.offset_hu)
     sigma = rng.uniform(*aug.noise_hu)
     if sigma > 0:
-        hu = hu + rng.normal(0.0, sigma, hu.shape).astype(np.float32)
+        noise = rng.normal(0.0, 1.0, hu.shape).astype(np.float32)
+        if rng.uniform() < aug.p_noise_grain:
+            noise = ndimage.gaussian_filter(noise, (0.0, *[rng.uniform(*aug.noise_grain_px)] * 2))
+            noise /= max(float(noise.std()), 1e-6)
+        hu = hu + sigma * noise
     prepared = preprocess.from_crop(hu.astype(np.float32), local_box(box), case.pixel_spacing_mm, case.increment_mm)
     image = prepared.image
     target = labels_to_grid(labels, preprocess.config.grid, N_CLASSES)
