@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("pytorch_lightning")
 
+from evaluation.metrics import case_outcome, icc_absolute, summarise, weighted_kappa  # noqa: E402
 from pipeline.inference import Labeller, ModelConfig  # noqa: E402
 from pipeline.preprocess import Preprocess, PreprocessConfig  # noqa: E402
 from pipeline.scoring import ScoringProfile, score_calcium  # noqa: E402
@@ -19,7 +20,6 @@ from synthetic_chest import make_chest  # noqa: E402
 from training.augment import Augmentation, full_case, training_sample  # noqa: E402
 from training.cases import TrainingCase, cache_case, load_cached  # noqa: E402
 from training.config import TrainingConfig  # noqa: E402
-from evaluation.metrics import case_outcome, icc_absolute, summarise, weighted_kappa  # noqa: E402
 from training.train import run_train  # noqa: E402
 
 
@@ -157,7 +157,7 @@ def test_the_classifier_phantoms_are_the_plain_then_the_hard_ostia_seeds_of_the_
     from training.datamodule import classifier_phantom_sources
 
     config = tiny_config(tmp_path, classifier_phantoms=3, classifier_seed=500, classifier_hard_ostia_phantoms=2,
-                         classifier_hard_ostia_seed=900)
+                         classifier_hard_ostia_seed=900, families=("a",))
     sources = classifier_phantom_sources(config)
     assert [(s.seed, s.hard_ostia) for s in sources] == [(500, False), (501, False), (502, False),
                                                          (900, True), (901, True)]

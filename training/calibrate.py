@@ -28,11 +28,12 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from evaluation.metrics import CaseOutcome, compare, score_truth, summarise
 from pipeline.inference import Labeller, ModelConfig, classify, grid_to_labels
 from pipeline.scoring import ScoringProfile
 from pipeline.weights import WeightsFile, load_weights, save_weights
 from training.cases import CaseSource, phantoms
-from evaluation.metrics import CaseOutcome, compare, score_truth, summarise
+from training.families import FAMILIES
 from training.module import selection
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=60)
     p.add_argument("--min-background-bias", type=float, metavar="B",
                    help="choose among the pairs whose background bias is at least B")
+    p.add_argument("--families", nargs="+", choices=FAMILIES, default=["a"],
+                   help="phantom families the --n phantoms are taken from, in turn")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a case every ~8 s
     labeller = Labeller.load(ModelConfig(weights=args.weights), device="cpu")
-    table = calibrate(labeller, phantoms(args.first_seed, args.n))
+    table = calibrate(labeller, phantoms(args.first_seed, args.n, families=tuple(args.families)))
     for (b, extra), f in table.items():
         print(f"bias {b:4.1f} faint +{extra:3.1f}: selection {selection(f):6.3f}  icc {f['icc']:.4f} "
               f"kappa {f['kappa']:.3f} zero->0 {f['zero_to_zero']:.2f} right {f['right_artery']:.3f} "

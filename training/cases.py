@@ -26,7 +26,7 @@ from pipeline.arteries import ARTERY_NAMES
 from pipeline.heart import HeartLocation
 from pipeline.preprocess import AIR_HU, CropAroundHeart, Preprocess, PreprocessConfig, extract
 from pipeline.scoring import ScoringProfile, score_calcium
-from training.phantom import REVISION
+from training.families import FAMILIES, Family, generate, revision, split_across
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +46,32 @@ class TrainingCase:
 
 @dataclass(frozen=True)
 class PhantomSource:
-    """A phantom from ``training.phantom.generate`` (generated when first needed)."""
+    """A phantom of one family (``training.families``), generated when first needed."""
 
     seed: int
-    shifted: bool = False
-    hard_ostia: bool = False  # extra aortic-wall calcifications beside the ostia (classifier training)
+    shifted: bool = False  # family a only
+    hard_ostia: bool = False  # family a only: extra aortic-wall calcifications beside the ostia
+    family: Family = "a"
 
     @property
     def key(self) -> str:
         # The generator's revision: a cached case or candidate row of an older generator is not this phantom.
+        # Family a keeps its historical key, so existing caches stay valid.
+        family = "" if self.family == "a" else f"{self.family}-"
         variant = f"{'shifted-' if self.shifted else ''}{'hard-ostia-' if self.hard_ostia else ''}"
-        return f"phantom-r{REVISION}-{variant}{self.seed}"
+        return f"phantom-{family}r{revision(self.family)}-{variant}{self.seed}"
 
     def load(self) -> TrainingCase:
-        from training.phantom.generate import generate_case
-
-        case = generate_case(self.seed, shifted=self.shifted, hard_ostia=self.hard_ostia)
+        case = generate(self.family, self.seed, shifted=self.shifted, hard_ostia=self.hard_ostia)
         spacing, increment = phantom_geometry(case.datasets)
         return TrainingCase(self.key, case.hu, case.labels, spacing, increment)
 
 
-def phantoms(first_seed: int, n: int, hard_ostia: bool = False) -> list[PhantomSource]:
-    """The phantoms of seeds ``first_seed .. first_seed + n - 1``."""
-    return [PhantomSource(seed, hard_ostia=hard_ostia) for seed in range(first_seed, first_seed + n)]
+def phantoms(first_seed: int, n: int, hard_ostia: bool = False,
+             families: tuple[Family, ...] = FAMILIES[:1]) -> list[PhantomSource]:
+    """``n`` phantoms from seed ``first_seed`` on, taken from ``families`` in turn (each counts its own seeds)."""
+    return [PhantomSource(seed, hard_ostia=hard_ostia, family=family)
+            for family, seed in split_across(families, first_seed, n)]
 
 
 def phantom_geometry(datasets: Sequence[Dataset]) -> tuple[tuple[float, float], float]:

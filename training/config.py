@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from training.families import FAMILIES, Family
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -26,6 +28,9 @@ class TrainingConfig:
     init_weights: Path | None = None
 
     # --- data -------------------------------------------------------------
+    # Phantom families (training.families) the phantoms below are taken from, in turn; each family
+    # counts its own seeds.  ["a"] or ["b"] alone trains for a leave-one-family-out test.
+    families: tuple[Family, ...] = FAMILIES
     # Phantom seeds: training uses [train_seed, train_seed + phantom_train),
     # validation [val_seed, val_seed + phantom_val).  benchmarks/evaluate_model.py
     # uses seeds from 900000 on, never used here.
@@ -33,7 +38,7 @@ class TrainingConfig:
     phantom_val: int = 10
     train_seed: int = 10000
     val_seed: int = 20000
-    # Share of training phantoms drawn from the shifted ranges; 0 keeps those ranges a held-out test.
+    # Share of family a's training phantoms drawn from its shifted ranges; 0 keeps those a held-out test.
     shifted_fraction: float = 0.0
     hospital_csv: Path | None = None  # CSV of series_dir,labels[,split] rows (paths relative to the CSV)
     prepare_workers: int = 2  # processes generating and caching cases before training (once)
@@ -43,8 +48,8 @@ class TrainingConfig:
     classifier_phantoms: int = 0
     classifier_seed: int = 60000
     classifier_epochs: int = 30
-    # Hard examples for the classifier: phantoms [classifier_hard_ostia_seed, + classifier_hard_ostia_phantoms)
-    # with 2-4 extra aortic-wall calcifications beside the coronary ostia (1.3.0: 400 beside 1600 plain ones).
+    # Hard examples for the classifier: family a phantoms [classifier_hard_ostia_seed, + classifier_hard_ostia_phantoms)
+    # with 2-4 extra aortic-wall calcifications beside the coronary ostia (only when "a" is among the families).
     classifier_hard_ostia_phantoms: int = 0
     classifier_hard_ostia_seed: int = 70000
     # The classifier's background bias is then chosen on validation phantoms
@@ -82,6 +87,8 @@ class TrainingConfig:
     check_val_every_n_epoch: int = 3
 
     def __post_init__(self) -> None:
+        if not self.families or len(set(self.families)) != len(self.families):
+            raise ValueError(f"training.families must name each of {', '.join(FAMILIES)} at most once, at least one")
         if self.phantom_train < 0 or self.phantom_val < 0:
             raise ValueError("training.phantom_train and phantom_val must be >= 0")
         if self.patch_cells % 8 or self.patch_cells > self.grid:

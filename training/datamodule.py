@@ -8,6 +8,7 @@ on whole heart crops so the scored metrics see what inference sees.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Sequence
@@ -28,19 +29,20 @@ log = logging.getLogger(__name__)
 
 
 def phantom_sources(config: TrainingConfig) -> tuple[list[PhantomSource], list[PhantomSource]]:
-    """Training and validation phantoms; a share of the training ones from the shifted ranges."""
-    n_shifted = int(round(config.shifted_fraction * config.phantom_train))
-    train = [
-        PhantomSource(config.train_seed + i, shifted=i < n_shifted) for i in range(config.phantom_train)
-    ]
-    val = [PhantomSource(config.val_seed + i) for i in range(config.phantom_val)]
-    return train, val
+    """Training and validation phantoms from the configured families; a share of family a's from its
+    shifted ranges."""
+    train = phantoms(config.train_seed, config.phantom_train, families=config.families)
+    n_a = sum(s.family == "a" for s in train)
+    first_plain = config.train_seed + int(round(config.shifted_fraction * n_a))  # family a's first seeds are shifted
+    train = [dataclasses.replace(s, shifted=s.family == "a" and s.seed < first_plain) for s in train]
+    return train, phantoms(config.val_seed, config.phantom_val, families=config.families)
 
 
 def classifier_phantom_sources(config: TrainingConfig) -> list[PhantomSource]:
-    """The lesion classifier's phantoms: the plain ones, then the hard-ostia ones."""
-    return [*phantoms(config.classifier_seed, config.classifier_phantoms),
-            *phantoms(config.classifier_hard_ostia_seed, config.classifier_hard_ostia_phantoms, hard_ostia=True)]
+    """The lesion classifier's phantoms: the plain ones of every family, then family a's hard-ostia ones."""
+    hard = config.classifier_hard_ostia_phantoms if "a" in config.families else 0
+    return [*phantoms(config.classifier_seed, config.classifier_phantoms, families=config.families),
+            *phantoms(config.classifier_hard_ostia_seed, hard, hard_ostia=True)]
 
 
 class PatchDataset(Dataset):
@@ -116,7 +118,10 @@ class CalciumDataModule(pl.LightningDataModule):
             "phantom_val_seeds": [c.val_seed, c.val_seed + c.phantom_val - 1],
             "site_train": sum(1 for s in self.train_sources if isinstance(s, HospitalSource)),
             "site_val": sum(1 for s in self.val_sources if isinstance(s, HospitalSource)),
-            "generator": "training.phantom.generate (cacnode synthetic calcium-scoring CT)",
+            "families": {f: sum(1 for s in self.train_sources if isinstance(s, PhantomSource) and s.family == f)
+                         for f in c.families},
+            "generator": "training.families (cacnode synthetic calcium-scoring CT, families "
+                         + ", ".join(c.families) + ")",
         }
 
     def prepare_data(self) -> None:

@@ -27,6 +27,7 @@ from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
 from training.candidate_data import collect_rows
 from training.candidate_module import fit_classifier
 from training.cases import CaseSource, PhantomSource, phantoms
+from training.families import FAMILIES
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ def _describe(sources: Sequence[CaseSource]) -> dict[str, object]:
         "cases": len(sources),
         "phantoms": len(plain) + len(hard),
         "phantom_seeds": [min(plain), max(plain)] if plain else [],
-        "generator": "training.phantom.generate (cacnode synthetic calcium-scoring CT)",
+        "families": {f: sum(1 for s in sources if isinstance(s, PhantomSource) and s.family == f)
+                     for f in sorted({s.family for s in sources if isinstance(s, PhantomSource)})},
+        "generator": "training.families (cacnode synthetic calcium-scoring CT)",
     }
     if hard:
         described["hard_ostia_phantoms"] = len(hard)
@@ -79,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-ostia", type=int, default=0, metavar="N",
                    help="N more phantoms with extra aortic-wall calcifications beside the coronary ostia")
     p.add_argument("--hard-ostia-first-seed", type=int, default=70000)
+    p.add_argument("--families", nargs="+", choices=FAMILIES, default=["a"],
+                   help="phantom families the --n phantoms are taken from, in turn")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    sources = phantoms(args.first_seed, args.n) + phantoms(args.hard_ostia_first_seed, args.hard_ostia, hard_ostia=True)
+    sources = phantoms(args.first_seed, args.n, families=tuple(args.families)) + phantoms(args.hard_ostia_first_seed, args.hard_ostia, hard_ostia=True)
     weights = add_classifier(load_weights(args.weights), sources, args.cache,
                              workers=args.workers, epochs=args.epochs, version=args.version,
                              config=ClassifierConfig(wide_channels=WIDE_CHANNELS if args.wide_view else 0))

@@ -175,7 +175,8 @@ def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *
         weights = dataclasses.replace(weights, validation={"phantom_validation_set_network": figures})
         if calibration_sources is None:
             site_val = [s for s in data.val_sources if isinstance(s, HospitalSource)]
-            calibration_sources = [*phantoms(config.val_seed, config.calibration_phantoms), *site_val]
+            calibration_sources = [*phantoms(config.val_seed, config.calibration_phantoms, families=config.families),
+                                       *site_val]
         if calibration_sources:
             # Untouched, the classifier's bias is 0: the balanced loss leaves it eager to call calcium.
             labeller = Labeller(weights, ModelConfig(), torch.device("cpu"))
