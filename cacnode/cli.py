@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1, help="number of cases (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    p.add_argument("--family", choices=("a", "b"), default="a",
+                   help="phantom family: a (default) or b, an independently built generator")
     p.add_argument("--shifted", action="store_true", help="draw from the shifted (held-out) parameter ranges")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -1,4 +1,4 @@
-"""``cacnode phantom OUT --n N --seed S [--workers W] [--shifted] [--no-progress]``.
+"""``cacnode phantom OUT --n N --seed S [--workers W] [--family {a,b}] [--shifted] [--no-progress]``.
 
 Case ``i`` uses seed ``S + i``; cases are generated in a process pool (one
 case per task, so memory per worker stays that of one case) and written as
@@ -21,8 +21,14 @@ from training.phantom.generate import generate_case, write_case
 logger = logging.getLogger(__name__)
 
 
-def make_case(seed: int, shifted: bool, out_dir: Path) -> tuple[int, float]:
-    """Generate and write one case; returns its seed and true total Agatston (runs in a worker)."""
+def make_case(seed: int, shifted: bool, out_dir: Path, family: str = "a") -> tuple[int, float]:
+    """Generate and write one case of ``family``; returns its seed and true total Agatston (runs in a worker)."""
+    if family == "b":
+        from training.phantom_b.generate import generate_case as generate_b, write_case as write_b
+
+        case_b = generate_b(seed)
+        write_b(case_b, out_dir)
+        return seed, float(case_b.truth["total"]["agatston"])
     case = generate_case(seed, shifted=shifted)
     write_case(case, out_dir)
     return seed, float(case.truth["total"]["agatston"])
@@ -34,6 +40,8 @@ def run_phantom(args: argparse.Namespace) -> int:
         raise CacnodeError(f"phantom: --n must be at least 1, not {args.n}")
     if args.seed < 0:
         raise CacnodeError(f"phantom: --seed must be >= 0, not {args.seed}")
+    if args.family == "b" and args.shifted:
+        raise CacnodeError("phantom: --shifted applies to family a only, not to --family b")
     workers = args.workers or os.cpu_count() or 1
     if workers < 1:
         raise CacnodeError(f"phantom: --workers must be at least 1, not {args.workers}")
@@ -44,12 +52,12 @@ def run_phantom(args: argparse.Namespace) -> int:
     zero = 0
     if workers == 1 or len(seeds) == 1:
         for seed in seeds:
-            _, total = make_case(seed, args.shifted, out_dir)
+            _, total = make_case(seed, args.shifted, out_dir, args.family)
             zero += total == 0.0
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(seeds))) as pool:
-            futures = [pool.submit(make_case, seed, args.shifted, out_dir) for seed in seeds]
+            futures = [pool.submit(make_case, seed, args.shifted, out_dir, args.family) for seed in seeds]
             for future in futures:
                 _, total = future.result()
                 zero += total == 0.0

@@ -19,6 +19,7 @@ co-dominant tree the PDA is the RCA's and the posterolateral branch the LCX's).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,7 @@ def _crease(heart: HeartModel, s: np.ndarray, phis: np.ndarray, which: str) -> n
 
 
 def _smooth(values: np.ndarray, width: int) -> np.ndarray:
+    """Moving average over ``width`` samples, the ends repeated."""
     if values.size < 3:
         return values
     k = np.ones(width) / width
@@ -108,6 +110,8 @@ def _wiggle(n: int, amplitude: float, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Grooves:
+    """The atrioventricular groove as a height per angle; the interventricular grooves as an angle per height."""
+
     av_phi: np.ndarray  # angles 0..360
     av_s: np.ndarray  # groove height at each
     anterior_s: np.ndarray
@@ -120,6 +124,7 @@ class _Grooves:
 
 
 def _grooves(heart: HeartModel, tree: Tree) -> _Grooves:
+    """Find the grooves on the heart's surface (see the module docstring)."""
     L = heart.length
     s_iv = np.linspace(0.04 * L, 0.8 * L, 18)
     anterior = _smooth(_crease(heart, s_iv, np.arange(5.0, 115.0, 3.0), "interventricular"), 5)
@@ -139,35 +144,35 @@ def _grooves(heart: HeartModel, tree: Tree) -> _Grooves:
 def _surface_path(heart: HeartModel, s: np.ndarray, phi: np.ndarray, radius: np.ndarray, wiggle: np.ndarray,
                   ) -> np.ndarray:
     """Cast a curve given in surface coordinates (with a sideways wiggle in degrees) onto the vessel level."""
-    pts = cast(heart, s, phi + wiggle, radius + GAP_MM)
-    return pts
+    return cast(heart, s, phi + wiggle, radius + GAP_MM)
 
 
 def _free_path(a: np.ndarray, b: np.ndarray, heart: HeartModel, radius: float, avoid: list[tuple[TubeLayer, float]],
                ) -> np.ndarray:
     """A path from ``a`` to ``b`` off the surface (ostial segments): straight, pushed out of the heart and tubes."""
     pts = resample(np.stack([a, b]), 1.0)
+    tubes = [(Tube(layer.points, layer.radii), clearance) for layer, clearance in avoid]
     for _ in range(3):
         d = heart.myocardium(pts)
-        grad = _gradient(lambda p: heart.myocardium(p), pts)
         push = np.clip(radius + GAP_MM - d, 0.0, None)
-        pts = pts + push[:, None] * grad
-        for layer, clearance in avoid:
-            tube = Tube(layer.points, layer.radii)
-            dt = tube.distance(pts[:, 0], pts[:, 1], pts[:, 2])
-            g = _gradient(lambda p: tube.distance(p[:, 0], p[:, 1], p[:, 2]), pts)
-            pts = pts + np.clip(clearance - dt, 0.0, None)[:, None] * g
+        pts = pts + push[:, None] * _gradient(heart.myocardium, pts)
+        for tube, clearance in tubes:
+            dt = tube.points_distance(pts)
+            pts = pts + np.clip(clearance - dt, 0.0, None)[:, None] * _gradient(tube.points_distance, pts)
         pts[0], pts[-1] = a, b
     return pts
 
 
-def _gradient(fn, pts: np.ndarray, h: float = 0.5) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Unit gradient of a distance function at points (n, 3), by central differences."""
+def _gradient(fn: Callable[[np.ndarray], np.ndarray], pts: np.ndarray, h: float = 0.5,
+              unit: bool = True) -> np.ndarray:
+    """Gradient (unit length when ``unit``) of a distance function at points (n, 3), by central differences."""
     g = np.zeros_like(pts)
     for i in range(3):
         e = np.zeros(3)
         e[i] = h
-        g[:, i] = fn(pts + e) - fn(pts - e)
+        g[:, i] = (fn(pts + e) - fn(pts - e)) / (2.0 * h)
+    if not unit:
+        return g
     return g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-9)
 
 
@@ -175,15 +180,37 @@ def _taper(n: int, r0: float, r1: float, scale: float) -> np.ndarray:
     return scale * np.linspace(r0, r1, n)
 
 
-def _finish(name: str, label: int, pts: np.ndarray, r0: float, r1: float, scale: float) -> Artery:
-    pts = resample(pts, 1.0)
+def _finish(heart: HeartModel, name: str, label: int, free: np.ndarray | None, surface: np.ndarray | None,
+            r0: float, r1: float, scale: float) -> Artery:
+    """Join the free (ostial) and surface parts, resample at 1 mm, smooth, and settle onto the vessel level.
+
+    Where casting jumped (a ray changing from one chamber to the next) the
+    resampled chord cuts across a crease; settling moves every surface point
+    back to ``myocardium = radius + GAP_MM`` along the distance's gradient,
+    which lays the chord into the crease.  Free points are only pushed out of
+    the heart, never pulled onto it, and the ostium stays where it is.
+    """
+    parts = [resample(p, 1.0) for p in (free, surface) if p is not None and len(p) > 1]
+    n_free = len(parts[0]) if free is not None and len(free) > 1 else 0
+    pts = np.vstack(parts) if len(parts) > 1 else parts[0]
     if len(pts) >= 5:  # take the corners off where pieces join
         smooth = pts.copy()
         for i in range(3):
             smooth[:, i] = _smooth(pts[:, i], 3)
         smooth[0], smooth[-1] = pts[0], pts[-1]
         pts = smooth
-    return Artery(name, label, pts, _taper(len(pts), r0, r1, scale), label in (LCX, RCA))
+    radii = _taper(len(pts), r0, r1, scale)
+    level = radii + GAP_MM
+    surface_mask = np.arange(len(pts)) >= n_free
+    for _ in range(5):  # Newton steps on the (approximate) distance, at most 3 mm each
+        d = heart.myocardium(pts) - level
+        step = np.where(surface_mask, d, np.minimum(d, 0.0))
+        step[0] = 0.0
+        g = _gradient(heart.myocardium, pts, unit=False)
+        move = -step[:, None] * g / np.maximum((g * g).sum(axis=1, keepdims=True), 0.05)
+        norm = np.linalg.norm(move, axis=1, keepdims=True)
+        pts = pts + move * np.minimum(1.0, 3.0 / np.maximum(norm, 1e-9))
+    return Artery(name, label, pts, radii, label in (LCX, RCA))
 
 
 def coronary_tree(tree: Tree, heart: HeartModel, med: Mediastinum, rng: np.random.Generator) -> tuple[Artery, ...]:
@@ -208,7 +235,7 @@ def coronary_tree(tree: Tree, heart: HeartModel, med: Mediastinum, rng: np.rando
     arteries: list[Artery] = []
     if tree.lm_length > 0:
         cut = int(np.clip(tree.lm_length, 2.0, 0.85 * trunk_len))
-        arteries.append(_finish("LM", LM, trunk[: cut + 1], 2.3, 2.1, k))
+        arteries.append(_finish(heart, "LM", LM, trunk[: cut + 1], None, 2.3, 2.1, k))
         lad_start, lcx_start = trunk[cut:], trunk[cut:]
     else:  # separate ostia, 4 mm apart on the left sinus
         side = np.cross(out_dir, [0.0, 0.0, 1.0])
@@ -216,17 +243,16 @@ def coronary_tree(tree: Tree, heart: HeartModel, med: Mediastinum, rng: np.rando
         lad_start = _free_path(ostium_l + 2.0 * side, junction, heart, 1.9 * k, avoid)
         lcx_start = _free_path(ostium_l - 2.0 * side + np.array([0.0, 0.0, -1.0]), junction, heart, 1.7 * k, avoid)
 
-    s_lad = np.linspace(g.anterior_s[0], 0.96 * L, 60)
+    s_lad = np.linspace(g.anterior_s[0], 0.92 * L, 60)
     phi_lad = np.interp(s_lad, g.anterior_s, g.anterior_phi)
     r_lad = np.linspace(1.9, 1.0, s_lad.size) * k
     lad = _surface_path(heart, s_lad, phi_lad, r_lad, _wiggle(s_lad.size, amp, rng))
-    lad_pts = np.vstack([lad_start, lad])
-    if tree.lad_wrap:
+    if tree.lad_wrap:  # round the apex onto the inferior wall
         phi_tip = float(phi_lad[-1])
-        s_back = np.linspace(0.97 * L, float(rng.uniform(0.7, 0.85)) * L, 12)
+        s_back = np.linspace(0.93 * L, float(rng.uniform(0.7, 0.85)) * L, 12)
         wrap = cast(heart, s_back, np.full(s_back.size, phi_tip + 150.0), 0.9 * k + GAP_MM)
-        lad_pts = np.vstack([lad_pts, wrap])
-    lad_artery = _finish("LAD", LAD, lad_pts, 1.9, 0.8, k)
+        lad = np.vstack([lad, wrap])
+    lad_artery = _finish(heart, "LAD", LAD, lad_start, lad, 1.9, 0.8, k)
     arteries.append(lad_artery)
 
     dominance = tree.dominance
@@ -236,7 +262,7 @@ def coronary_tree(tree: Tree, heart: HeartModel, med: Mediastinum, rng: np.rando
     phi_lcx = np.linspace(junction_phi + 10.0, lcx_end, max(8, int((lcx_end - junction_phi) / 4.0)))
     r_lcx = np.linspace(1.7, 1.0 if dominance == "left" else 0.8, phi_lcx.size) * k
     lcx = _surface_path(heart, g.av(phi_lcx) + 1.0, phi_lcx, r_lcx, np.zeros(phi_lcx.size))
-    arteries.append(_finish("LCX", LCX, np.vstack([lcx_start, lcx]), 1.7, 1.0 if dominance == "left" else 0.8, k))
+    arteries.append(_finish(heart, "LCX", LCX, lcx_start, lcx, 1.7, 1.0 if dominance == "left" else 0.8, k))
 
     # --- right coronary artery -----------------------------------------------------------------------
     rca_stop = {"right": float(rng.uniform(250.0, 275.0)), "co": crux_phi + 5.0,
@@ -251,7 +277,7 @@ def coronary_tree(tree: Tree, heart: HeartModel, med: Mediastinum, rng: np.rando
     d /= np.linalg.norm(d)
     ostium_r = root + r_root * d + np.array([0.0, 0.0, tree.rca_takeoff])
     rca_prox = _free_path(ostium_r, rca[0], heart, 1.9 * k, [])
-    arteries.append(_finish("RCA", RCA, np.vstack([rca_prox, rca]), 1.9, 1.0 if dominance != "left" else 0.8, k))
+    arteries.append(_finish(heart, "RCA", RCA, rca_prox, rca, 1.9, 1.0 if dominance != "left" else 0.8, k))
 
     # --- posterior descending artery -----------------------------------------------------------------
     pda_label = LCX if dominance == "left" else RCA
@@ -260,13 +286,13 @@ def coronary_tree(tree: Tree, heart: HeartModel, med: Mediastinum, rng: np.rando
     pda = _surface_path(heart, s_pda, phi_pda, np.linspace(1.2, 0.7, s_pda.size) * k,
                         _wiggle(s_pda.size, 0.6 * amp, rng))
     crux = cast(heart, np.array([g.av(crux_phi)]), np.array([crux_phi]), 1.2 * k + GAP_MM)
-    arteries.append(_finish("PDA", pda_label, np.vstack([crux, pda]), 1.2, 0.7, k))
+    arteries.append(_finish(heart, "PDA", pda_label, None, np.vstack([crux, pda]), 1.2, 0.7, k))
     if dominance != "left":
         plb_label = LCX if dominance == "co" else RCA
         phi_plb = np.linspace(crux_phi - 8.0, crux_phi - 45.0, 10)
         plb = _surface_path(heart, g.av(phi_plb) + 4.0 + np.linspace(0, 0.25 * L, 10), phi_plb,
                             np.full(10, 0.9 * k), np.zeros(10))
-        arteries.append(_finish("PLB", plb_label, np.vstack([crux, plb]), 1.0, 0.7, k))
+        arteries.append(_finish(heart, "PLB", plb_label, None, np.vstack([crux, plb]), 1.0, 0.7, k))
 
     # --- branches over the free walls ----------------------------------------------------------------
     def branch(name: str, label: int, parent: Artery, at: float, s_to: float, phi_to: float, r0: float) -> None:
@@ -278,7 +304,7 @@ def coronary_tree(tree: Tree, heart: HeartModel, med: Mediastinum, rng: np.rando
         delta = ((phi_to - phi0v + 180.0) % 360.0) - 180.0
         phi = phi0v + np.linspace(0.0, delta, n)
         path = _surface_path(heart, s, phi, np.linspace(r0, 0.6, n) * k, _wiggle(n, 0.7 * amp, rng))
-        arteries.append(_finish(name, label, np.vstack([parent.points[i], path]), r0, 0.6, k))
+        arteries.append(_finish(heart, name, label, None, np.vstack([parent.points[i], path]), r0, 0.6, k))
 
     for j in range(tree.n_diagonals):
         at = float(rng.uniform(0.15, 0.55))

@@ -16,6 +16,7 @@ once (``template``).  What does change along z is painted per plane:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,16 @@ class Chest:
     def inside_thorax(self, x: np.ndarray, y: np.ndarray, margin: float = 0.0) -> np.ndarray:
         """Whether points lie in the pleural cavity at least ``margin`` mm from its wall."""
         return self.signed(x, y, self.inner_inset) <= -margin
+
+    def point_inside_thorax(self, x: float, y: float, margin: float = 0.0) -> bool:
+        """``inside_thorax`` for one point, without array overhead (for walks that test a point per step)."""
+        b = self.body
+        a, d = b.half_width - self.inner_inset, b.half_depth - 0.75 * self.inner_inset
+        u, v = abs(x - b.centre_x) / a, (y - b.centre_y) / d
+        p = b.exponent + 1.0 if v > 0 else b.exponent
+        g = (u**p + abs(v) ** p) ** (1.0 / p)
+        rho = math.hypot(x - b.centre_x, y - b.centre_y)
+        return rho * (1.0 - 1.0 / max(g, 1e-6)) <= -margin
 
     def bone_distance(self, points: np.ndarray) -> np.ndarray:
         """Distance (mm) from points (n, 3) to the vertebral body and sternum (in-plane), a lower bound for bone."""
@@ -159,8 +170,9 @@ def template(chest: Chest, x: np.ndarray, y: np.ndarray, width: float) -> Templa
     paint(img, coverage(st + 1.5, width), b.marrow_hu)
     inner = inner * (1.0 - coverage(st - 2.0, width)) * (1.0 - vb)
     spine_cover = np.maximum(bone, coverage(np.hypot((X - sx) / 1.08, Y - sy) - (r + 1.0), width))
+    left = np.broadcast_to(X > b.centre_x, img.shape).ravel()[index]
     return Template(img, inner.astype(np.float32), index, theta.ravel()[index].astype(np.float32),
-                    depth.ravel()[index].astype(np.float32), (X > b.centre_x).repeat(y.size, 0).ravel()[index], box, spine_cover[box].astype(np.float32),
+                    depth.ravel()[index].astype(np.float32), left, box, spine_cover[box].astype(np.float32),
                     marrow[box].astype(np.float32))
 
 
@@ -278,11 +290,11 @@ class Domes:
 
 
 def make_domes(chest: Chest, heart_bottom: float, rng: np.random.Generator) -> Domes:
-    """Domes set from the heart's lowest point: the right dome 15-35 mm above it, the left 0-15 mm."""
+    """Domes set from the heart's lowest point: the right dome 15-35 mm above it, the left 5-20 mm."""
     b = chest.body
     lateral = 0.45 * (b.half_width - chest.inner_inset)
     right_top = heart_bottom + float(rng.uniform(15.0, 35.0))
-    left_top = heart_bottom + float(rng.uniform(0.0, 15.0))
+    left_top = heart_bottom + float(rng.uniform(5.0, 20.0))
     gas = None
     if rng.random() < 0.5:
         gas = (b.centre_x + lateral * 0.9, b.centre_y - 0.1 * b.half_depth, left_top - float(rng.uniform(25.0, 45.0)),

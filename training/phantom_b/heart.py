@@ -113,6 +113,7 @@ class HeartModel:
         return s, np.degrees(np.arctan2(-b, a)) % 360.0, np.hypot(a, b)
 
     def fields(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | float) -> HeartFields:
+        """Distances to every chamber at broadcastable coordinates (see ``sdf``)."""
         return HeartFields(self.lv.distance(x, y, z), self.rv.distance(x, y, z), self.rvot.distance(x, y, z),
                            self.la.distance(x, y, z), self.ra.distance(x, y, z), self.root.distance(x, y, z))
 
@@ -183,9 +184,11 @@ def build_heart(h: Heart, base: np.ndarray, scale: float) -> HeartModel:
     rvot_start = base + 0.15 * length * u + rv_off * hh - 0.45 * radius * e3
     rvot = Tube(np.stack([rvot_start, 0.5 * (rvot_start + pv) - 4.0 * e3, pv]),
                 np.array([15.0, 14.0, 12.5]) * min(scale, 1.1))
-    # Over the free walls the fat is thinner than the drawn thickness; the wide blend fills the grooves.
+    # Over the free walls the fat is thinner than the drawn thickness (but deep enough to hold the coronary
+    # arteries); the wide blend fills the grooves.
     return HeartModel(axes, base, length, radius, lv, rv, la, ra, root, rvot, pv, h.lv_wall * scale ** 0.5,
-                      4.0, 0.5 * h.epicardial_fat, h.fat_blend + h.epicardial_fat, h.pericardium_mm, h.pericardium_hu)
+                      4.0, max(0.5 * h.epicardial_fat, 3.2), h.fat_blend + h.epicardial_fat, h.pericardium_mm,
+                      h.pericardium_hu)
 
 
 def shell_points(model: HeartModel, step: float = 4.0) -> np.ndarray:
@@ -212,14 +215,15 @@ def place_heart(h: Heart, chest: Chest) -> HeartModel:
     root_target = np.array([b.centre_x + h.shift_x, b.centre_y, b.carina_z - h.root_below_carina])
     sx, sy, sr = chest.spine
     (dx_a, dy_a), (ex, ey, er) = chest.desc, chest.esophagus
-    dys = np.arange(-120.0, 120.0, 2.0)
+    dys = np.arange(-90.0, 90.0, 2.5)
     best: tuple[int, Heart, np.ndarray, float] | None = None
     for turn, shrink in _ATTEMPTS:
         pose = replace(h, azimuth=min(h.azimuth + turn, 75.0))
-        ref_root = pose_axes(pose.azimuth, pose.elevation, pose.roll).T @ pose_axes(*_REFERENCE_POSE) @ np.asarray(_ROOT)
+        turn_axes = pose_axes(pose.azimuth, pose.elevation, pose.roll).T @ pose_axes(*_REFERENCE_POSE)
+        ref_root = turn_axes @ np.asarray(_ROOT)
         scale = h.scale * shrink
         base = root_target - scale * ref_root
-        pts = shell_points(build_heart(pose, base, scale))
+        pts = shell_points(build_heart(pose, base, scale), 5.0)
         for dx in (0.0, 6.0, 12.0, -6.0, 18.0, 24.0, 30.0):
             x = pts[None, :, 0] + dx
             y = pts[None, :, 1] + dys[:, None]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.phantom_b.arteries import Artery, coronary_tree
+from training.phantom_b.arteries import LCX, RCA, Artery, coronary_tree
 from training.phantom_b.chest import Chest, Domes, Ribs, build_chest, make_domes, make_ribs
 from training.phantom_b.geometry import Grid, scan_grid
 from training.phantom_b.heart import HeartModel, place_heart, shell_points
@@ -26,6 +26,7 @@ class Scene:
     lung_vessels: TubeLayer
     arteries: tuple[Artery, ...]
     coronary_sleeve: float  # fat round every coronary lumen, even where it crosses a chamber's surface
+    motion: dict[int, np.ndarray]  # label (LCX, RCA) -> displacement of that territory during the acquisition
 
     @property
     def artery_layers(self) -> tuple[TubeLayer, ...]:
@@ -46,4 +47,12 @@ def build_scene(params: CaseParams) -> Scene:
     domes = make_domes(chest, bottom, rng)
     lungs = lung_vessels(chest, med, params.body, rng)
     arteries = coronary_tree(params.tree, heart, med, np.random.default_rng([params.seed, 0xB0B, 0xC0A]))
-    return Scene(params, chest, heart, grid, med, ribs, domes, lungs, arteries, float(rng.uniform(1.2, 2.5)))
+    motion_rng = np.random.default_rng([params.seed, 0xB0B, 0x307])
+    motion = {label: _motion(params.scan.motion_mm, motion_rng) for label in (LCX, RCA)}
+    return Scene(params, chest, heart, grid, med, ribs, domes, lungs, arteries, float(rng.uniform(1.2, 2.5)), motion)
+
+
+def _motion(amount: float, rng: np.random.Generator) -> np.ndarray:
+    """A displacement of ``amount`` mm, mostly in-plane: the right and circumflex territories swing sideways."""
+    angle = float(rng.uniform(0.0, 2.0 * np.pi))
+    return amount * np.array([np.cos(angle), np.sin(angle), float(rng.uniform(-0.3, 0.3))])

@@ -93,6 +93,10 @@ class Tube:
         assert best is not None
         return best
 
+    def points_distance(self, points: Array) -> Array:
+        """``distance`` of points given as one (n, 3) array."""
+        return self.distance(points[:, 0], points[:, 1], points[:, 2])
+
     def extent_lo(self) -> Array:
         return (self.points - self.radii[:, None]).min(axis=0)
 

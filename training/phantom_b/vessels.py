@@ -24,7 +24,12 @@ ESOPHAGUS_HU = 40.0
 
 @dataclass(frozen=True)
 class TubeLayer:
-    """A tube: lumen of ``hu`` inside a sleeve ``sleeve_mm`` thick of ``sleeve_hu`` (fat, or an airway wall)."""
+    """A tube: lumen of ``hu`` inside a sleeve ``sleeve_mm`` thick of ``sleeve_hu`` (fat, or an airway wall).
+
+    ``envelope_mm``: how far the mediastinal fat reaches round it; the
+    envelopes of neighbouring tubes merge into the fat that fills the
+    mediastinum between the lungs.
+    """
 
     name: str
     points: np.ndarray  # (n, 3)
@@ -32,6 +37,7 @@ class TubeLayer:
     hu: float
     sleeve_mm: float
     sleeve_hu: float
+    envelope_mm: float = 0.0
 
 
 def spline(control: list[np.ndarray] | np.ndarray, step: float = 3.0) -> np.ndarray:
@@ -77,6 +83,10 @@ class Mediastinum:
     def others(self) -> tuple[TubeLayer, ...]:
         return (self.thymic_fat, self.esophagus, *self.airways)
 
+    def enveloped(self) -> tuple[TubeLayer, ...]:
+        """The tubes with a fat envelope."""
+        return tuple(t for t in (*self.lumens(), *self.others()) if t.envelope_mm > 0)
+
 
 def build_mediastinum(chest: Chest, heart: HeartModel, h: Heart, body: Body, z_low: float, z_high: float,
                       rng: np.random.Generator) -> Mediastinum:
@@ -93,7 +103,7 @@ def build_mediastinum(chest: Chest, heart: HeartModel, h: Heart, body: Body, z_l
     aorta = TubeLayer("aorta", aorta_pts,
                       _radii(aorta_pts, [(0.0, h.root_radius), (0.12, h.asc_radius), (0.35, h.asc_radius * 0.9),
                                          (0.55, h.desc_radius), (1.0, h.desc_radius * 0.95)]),
-                      body.blood_hu, 3.0, body.fat_hu)
+                      body.blood_hu, 3.0, body.fat_hu, 12.0)
 
     tx, ty, tr = chest.trachea
     carina = np.array([tx, ty, body.carina_z])
@@ -109,11 +119,11 @@ def build_mediastinum(chest: Chest, heart: HeartModel, h: Heart, body: Body, z_l
     rpa = spline([bif, behind_aorta, right_hilum], 4.0)
     lpa = spline([bif, bif + np.array([18.0, 16.0, 4.0]), left_hilum], 4.0)
     pulmonary = (
-        TubeLayer("pulmonary trunk", trunk, np.full(len(trunk), h.pa_radius), body.blood_hu, 2.5, body.fat_hu),
+        TubeLayer("pulmonary trunk", trunk, np.full(len(trunk), h.pa_radius), body.blood_hu, 2.5, body.fat_hu, 10.0),
         TubeLayer("right pulmonary artery", rpa, _radii(rpa, [(0.0, 0.75 * h.pa_radius), (1.0, 0.55 * h.pa_radius)]),
-                  body.blood_hu, 2.0, body.fat_hu),
+                  body.blood_hu, 2.0, body.fat_hu, 4.0),
         TubeLayer("left pulmonary artery", lpa, _radii(lpa, [(0.0, 0.75 * h.pa_radius), (1.0, 0.55 * h.pa_radius)]),
-                  body.blood_hu, 2.0, body.fat_hu),
+                  body.blood_hu, 2.0, body.fat_hu, 4.0),
     )
     ra = heart.ra.center
     svc_x = asc_top[0] - h.asc_radius - h.svc_radius - 3.0
@@ -121,7 +131,8 @@ def build_mediastinum(chest: Chest, heart: HeartModel, h: Heart, body: Body, z_l
                   ra + np.array([0.0, 0.0, 10.0])], 5.0)
     ivc = spline([ra - np.array([0.0, 0.0, 10.0]), ra + np.array([-4.0, 8.0, -45.0]),
                   ra + np.array([-6.0, 14.0, -120.0])], 5.0)
-    veins = (TubeLayer("superior vena cava", svc, np.full(len(svc), h.svc_radius), body.blood_hu, 2.0, body.fat_hu),
+    veins = (TubeLayer("superior vena cava", svc, np.full(len(svc), h.svc_radius), body.blood_hu, 2.0, body.fat_hu,
+                       10.0),
              TubeLayer("inferior vena cava", ivc, np.full(len(ivc), 1.15 * h.svc_radius), body.blood_hu, 1.0,
                        body.liver_hu))
 
@@ -131,7 +142,7 @@ def build_mediastinum(chest: Chest, heart: HeartModel, h: Heart, body: Body, z_l
                      left_hilum + np.array([-6.0, 4.0, 2.0])], 4.0)
     wall = body.muscle_hu - 10.0
     airways = (
-        TubeLayer("trachea", trachea, np.full(len(trachea), tr), AIR_HU, 2.0, wall),
+        TubeLayer("trachea", trachea, np.full(len(trachea), tr), AIR_HU, 2.0, wall, 10.0),
         TubeLayer("right main bronchus", right_b, _radii(right_b, [(0.0, 0.8 * tr), (1.0, 0.55 * tr)]), AIR_HU, 1.8,
                   wall),
         TubeLayer("left main bronchus", left_b, _radii(left_b, [(0.0, 0.75 * tr), (1.0, 0.5 * tr)]), AIR_HU, 1.8,
@@ -140,17 +151,17 @@ def build_mediastinum(chest: Chest, heart: HeartModel, h: Heart, body: Body, z_l
     ex, ey, er = chest.esophagus
     eso = spline([np.array([ex, ey, top]), np.array([ex + 4.0, ey, root[2] - 30.0]),
                   np.array([ex + 14.0, ey - 10.0, bottom])], 6.0)
-    esophagus = TubeLayer("oesophagus", eso, np.full(len(eso), er), ESOPHAGUS_HU, 2.5, body.fat_hu)
+    esophagus = TubeLayer("oesophagus", eso, np.full(len(eso), er), ESOPHAGUS_HU, 2.5, body.fat_hu, 9.0)
     front = chest.sternum[1] + chest.sternum[3] + 12.0
     thymus = spline([np.array([root[0] + 2.0, front + 10.0, root[2] + 5.0]),
                      np.array([root[0] - 2.0, front + 12.0, top])], 8.0)
-    thymic_fat = TubeLayer("anterior mediastinal fat", thymus, np.full(len(thymus), float(rng.uniform(16.0, 26.0))),
-                           body.fat_hu, 0.0, body.fat_hu)
+    thymic_fat = TubeLayer("anterior mediastinal fat", thymus, np.full(len(thymus), float(rng.uniform(20.0, 30.0))),
+                           body.fat_hu, 0.0, body.fat_hu, 6.0)
     return Mediastinum(aorta, pulmonary, veins, airways, esophagus, thymic_fat, (right_hilum, left_hilum))
 
 
 def lung_vessels(chest: Chest, mediastinum: Mediastinum, body: Body, rng: np.random.Generator) -> TubeLayer:
-    """Pulmonary vessels branching out from both hila, 5 mm to under 1 mm, kept inside the pleural cavity.
+    """Pulmonary vessels branching out from both hila, 5 mm to 0.7 mm, kept inside the pleural cavity.
 
     Returned as one polyline set: consecutive points belong to one segment
     only where ``radii`` is positive at both ends (a zero radius breaks the line).
@@ -165,12 +176,12 @@ def lung_vessels(chest: Chest, mediastinum: Mediastinum, body: Body, rng: np.ran
             d = d + rng.normal(0.0, 0.22, 3)
             d /= np.linalg.norm(d)
             q = chain[-1] + d * float(rng.uniform(7.0, 12.0))
-            if not chest.inside_thorax(np.array([q[0]]), np.array([q[1]]), 6.0)[0]:
+            if not chest.point_inside_thorax(float(q[0]), float(q[1]), 6.0):
                 break
             chain.append(q)
             r = max(0.7, r * 0.86)
             rs.append(r)
-            if depth < 2 and rng.random() < 0.35:
+            if depth < 3 and rng.random() < 0.45:
                 branch = d + rng.normal(0.0, 0.7, 3)
                 grow(q, branch / np.linalg.norm(branch), r * 0.7, depth + 1)
         if len(chain) > 1:
@@ -180,7 +191,7 @@ def lung_vessels(chest: Chest, mediastinum: Mediastinum, body: Body, rng: np.ran
             radii.append(0.0)  # breaks the polyline
 
     for side, hilum in ((-1.0, mediastinum.hila[0]), (1.0, mediastinum.hila[1])):
-        for _ in range(10):
+        for _ in range(14):
             d = np.array([side * rng.uniform(0.3, 1.0), rng.uniform(-0.9, 0.9), rng.uniform(-1.0, 0.7)])
             grow(hilum + np.array([side * 8.0, 0.0, 0.0]), d / np.linalg.norm(d), float(rng.uniform(3.5, 5.0)), 0)
     return TubeLayer("lung vessels", np.asarray(points), np.asarray(radii), body.blood_hu, 0.0, body.blood_hu)
