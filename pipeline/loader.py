@@ -39,8 +39,12 @@ logger = logging.getLogger(__name__)
 # Slices tilted further than this from the patient z axis are refused: the
 # Agatston method is defined on axial slices (calcium-scoring.md).
 MAX_OBLIQUITY_DEGREES = 5.0
-# Errors pydicom raises on a file that is not DICOM or is cut short.
-_UNREADABLE = (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error, IndexError)
+# Errors pydicom raises on a file that is not DICOM or is cut short, or on an
+# element it cannot convert (NotImplementedError: a VR it does not know).
+_UNREADABLE = (
+    InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error, IndexError,
+    NotImplementedError,
+)
 
 
 def read_headers(folder: Path) -> dict[str, list[Dataset]]:
@@ -110,6 +114,8 @@ def _read_folder(folder: Path, stop_before_pixels: bool) -> list[tuple[str, Data
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            for _ in ds.iterall():  # pydicom converts elements lazily: a bad one fails here, not in a later step
+                pass
         except _UNREADABLE as exc:
             logger.warning("skipping %s: not a readable DICOM file (%s)", path, str(exc).splitlines()[0][:120])
             continue
@@ -146,7 +152,7 @@ def _drop_truncated(uid: str, members: list[tuple[str, Dataset]]) -> list[tuple[
     kept = [(name, ds) for name, ds in members if _pixel_data_complete(ds)]
     for name, _ in members:
         if all(name != k for k, _ in kept):
-            logger.warning("series %s: skipping %s: pixel data missing or truncated", uid, name)
+            logger.warning("series %s: skipping %s: pixel data missing, truncated or not described", uid, name)
     if not kept:
         raise SeriesError(f"series {uid}: no pixel data in any of its {len(members)} files")
     return kept
@@ -155,9 +161,12 @@ def _drop_truncated(uid: str, members: list[tuple[str, Dataset]]) -> list[tuple[
 def _pixel_data_complete(ds: Dataset) -> bool:
     if "PixelData" not in ds:
         return False
+    try:
+        needed = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
+    except (AttributeError, TypeError, ValueError):
+        return False  # no Rows, Columns or Bits Allocated: the pixel data cannot be read
     if _transfer_syntax(ds).is_encapsulated:
         return True  # a damaged compressed frame fails at decoding, with the file named
-    needed = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
     return len(ds.PixelData) >= needed * int(ds.get("NumberOfFrames", 1) or 1)
 
 

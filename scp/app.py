@@ -1,12 +1,14 @@
 """``cacnode serve``: wire the listener, the completion scheduler, the worker, delivery and metrics.
 
-One process listens (pynetdicom's threaded server: one thread per
-association, each running the thin C-STORE handler of ``scp.handlers``), and
-its main thread completes series by quiet period; a second process (the
-worker, ``scp.worker``) keeps the model loaded and scores; a thread delivers
-reports; an optional thread serves health and metrics.  They share nothing
-but the spool and the database, so the worker's work never blocks a sender
-and a restart after a crash picks up everything from disk.
+One process listens (pynetdicom's threaded server, with the admission rules
+of ``scp.admission``: one thread per association, each running the thin
+C-STORE handler of ``scp.handlers``), and its main thread completes series by
+quiet period and supervises the worker; a second process (the worker,
+``scp.worker``) keeps the model loaded and scores; a thread delivers reports;
+an optional thread serves health and metrics.  They share nothing but the
+spool and the database, so the worker's work never blocks a sender, a
+restart after a crash picks up everything from disk, and a worker that dies
+is replaced and its job queued again without a restart of the node.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import logging
 import multiprocessing
 import os
 import signal
+import sqlite3
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +30,12 @@ from types import FrameType
 from pydicom import uid as uids
 from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage, Verification
-from pynetdicom.transport import ThreadedAssociationServer
 
 from cacnode.config import Config
 from pipeline.errors import CacnodeError
+from scp.admission import Admission, AdmissionLimits, GuardedServer
 from scp.completion import CompletionPolicy
 from scp.db import Database
 from scp.delivery import DeliveryLoop, DeliveryPolicy
@@ -56,7 +61,9 @@ LOSSLESS = (
 )
 SCHEDULER_TICK_SECONDS = 0.1  # how often due series are looked for; bounds the added latency
 STOP_GRACE_SECONDS = 30.0  # how long a stop waits for open associations and the current job
+WORKER_RESTART_SECONDS = 5.0  # wait before restarting a worker that died; doubles while it keeps dying before ready
 WORKER_RESTART_MAX_SECONDS = 300.0
+SWEEP_SECONDS = 60.0  # how often data sets left by aborted transfers are looked for
 
 
 def transfer_syntaxes() -> list[str]:
@@ -84,7 +91,10 @@ def build_ae(config: Config) -> AE:
     """
     c = config.scp
     ae = AE(ae_title=c.ae_title)
-    ae.maximum_associations = c.max_associations
+    # pynetdicom counts connections still waiting for their request as
+    # associations; scp.admission enforces max_associations on the ones that
+    # asked, so pynetdicom's own count is only a backstop here.
+    ae.maximum_associations = c.max_associations + c.max_pending_connections
     ae.maximum_pdu_size = c.max_pdu
     ae.acse_timeout = c.acse_timeout_seconds
     ae.dimse_timeout = c.dimse_timeout_seconds
@@ -155,7 +165,7 @@ class WorkerSupervisor:
         self._ready = False
         self._stopping = False
         self._restart_at = 0.0
-        self._backoff = 5.0
+        self._backoff = WORKER_RESTART_SECONDS
 
     def start(self) -> None:
         self._ready = False
@@ -178,19 +188,31 @@ class WorkerSupervisor:
                 self._ready = self._control.poll(0) and self._control.recv() == "ready"
             except (EOFError, OSError):
                 self._ready = False
+            if self._ready:
+                self._backoff = WORKER_RESTART_SECONDS  # it got going: a later death restarts it soon again
         return self.alive() and self._ready
 
-    def supervise(self, now: float) -> None:
-        """Restart a worker that exited while the node is running."""
-        if self._proc is None or self._proc.is_alive() or self._stopping:
-            return
+    def supervise(self, now: float, may_restart: bool = True) -> str | None:
+        """Restart a worker that exited while the node is running (not before ``may_restart``).
+
+        Returns how the worker ended (e.g. "was killed by SIGKILL") once, when
+        its death is first seen, so the caller can take up its job; else None.
+        """
+        if self._proc is None or self._stopping:
+            return None
+        self.ready()  # also for a dead one: whether it had got ready sets the back-off
+        if self._proc.is_alive():
+            return None
         if self._restart_at == 0.0:
-            log.error("worker exited with code %s; restarting in %.0f s", self._proc.exitcode, self._backoff)
+            how = _exit_description(self._proc.exitcode)
+            log.error("worker (pid %d) %s; restarting it in %.0f s", self._proc.pid, how, self._backoff)
             self._restart_at = now + self._backoff
             self._backoff = min(self._backoff * 2, WORKER_RESTART_MAX_SECONDS)
-        elif now >= self._restart_at:
+            return how
+        if now >= self._restart_at and may_restart:
             self._restart_at = 0.0
             self.start()
+        return None
 
     def stop(self, grace: float) -> None:
         """Let the current job finish (up to ``grace`` s); a job cut short is re-queued at the next start."""
@@ -206,6 +228,18 @@ class WorkerSupervisor:
             log.warning("worker still busy after %.0f s; terminating (its job is re-queued at the next start)", grace)
             self._proc.terminate()
             self._proc.join(5.0)
+
+
+def _exit_description(exitcode: int | None) -> str:
+    """How a worker process ended, in words ("killed by SIGKILL", "exited with code 1")."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        # the kernel's out-of-memory killer sends SIGKILL
+        return f"was killed by {name}" + (" (out of memory?)" if -exitcode == signal.SIGKILL else "")
+    return f"exited with code {exitcode}"
 
 
 class Node:
@@ -237,7 +271,10 @@ class Node:
             self.counters,
         )
         self.metrics: MetricsServer | None = None
-        self._server: ThreadedAssociationServer | None = None
+        self._server: GuardedServer | None = None
+        self._orphaned_by: str | None = None  # how the last worker died, while its job is not yet taken up
+        self._requeue_failing = False  # logged once per outage, not on every tick
+        self._swept = 0.0
 
     def recover(self) -> None:
         """Pick up what a previous run left: partial files, spooled but unrecorded instances, jobs, open series."""
@@ -245,6 +282,7 @@ class Node:
         dropped = self.spool.clear_incoming()
         if dropped:
             log.info("removed %d partial file(s) of instances never acknowledged", dropped)
+        self._swept = now
         found = self.db.add_spooled(self.spool.scan(), now)
         for series_uid in found:
             log.info("series %s: spooled instances recovered into the database", series_uid)
@@ -271,19 +309,29 @@ class Node:
             log_phi=c.log_phi,
         )
         sources = SourceFilter(c.allowed_addresses)
+        admission = Admission(self.ae, AdmissionLimits.from_config(c), self.counters)
         handlers = [
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [ctx]),
-            (evt.EVT_REQUESTED, sources.handle_requested, [self.counters]),
+            (evt.EVT_REQUESTED, sources.handle_requested, [self.counters]),  # first: a refused address takes no slot
+            (evt.EVT_REQUESTED, admission.handle_requested),
             (evt.EVT_REJECTED, handle_rejected, [c.allowed_calling_aets, self.counters]),
             (evt.EVT_ACCEPTED, handle_accepted, [self.counters]),
         ]
+        # C-STORE data sets stream to a file as they arrive instead of into
+        # memory; pynetdicom makes that file with tempfile, so the app points
+        # tempfile at the spool's receiving folder, where the handler links it
+        # into place (same file system) and the disk-space checks apply.
+        pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self.spool.receiving)
+        tls = tls_context(self.config)
         try:
-            self._server = self.ae.start_server(
-                (c.host, c.port), block=False, evt_handlers=handlers, ssl_context=tls_context(self.config)
+            self._server = self.ae.make_server(
+                (c.host, c.port), evt_handlers=handlers, server_class=GuardedServer, admission=admission, tls=tls
             )
         except OSError as exc:
             raise CacnodeError(f"cannot listen on {c.host}:{c.port}: {exc.strerror or exc}") from None
+        threading.Thread(target=self._server.serve_forever, name="cacnode-acceptor", daemon=True).start()
         self.worker.start()
         self.delivery.start()
         if c.metrics_port:
@@ -296,14 +344,65 @@ class Node:
         )
 
     def tick(self) -> None:
-        """Queue a job for every series that became complete; keep the worker alive."""
+        """Queue a job for every series that became complete; keep the worker alive and take up a dead one's job."""
         now = self.clock()
         for series_uid in self.policy.due(now):
-            job_id = self.db.complete_series(series_uid, now)
+            try:
+                job_id = self.db.complete_series(series_uid, now)
+            except sqlite3.OperationalError as exc:  # a full disk: the series waits another quiet period
+                self.policy.seen(series_uid, now, new=False)
+                log.error("series %s: complete, but cannot queue it (%s); trying again later", series_uid, exc)
+                continue
             if job_id is not None:
                 self.counters.inc("series_completed_total")
                 log.info("series %s: complete; queued as job %d", series_uid, job_id)
-        self.worker.supervise(now)
+        if self._orphaned_by is not None:
+            self._take_up_orphaned_jobs(now)
+        # no new worker while a dead one's job is still marked running: it could never be claimed
+        died = self.worker.supervise(now, may_restart=self._orphaned_by is None)
+        if died is not None:
+            self._orphaned_by = died
+            self._take_up_orphaned_jobs(now)
+        if now - self._swept >= SWEEP_SECONDS:
+            self._swept = now
+            c = self.config.scp
+            # pynetdicom aborts an association idle for network_timeout; its data set is stale after that
+            idle_since = time.time() - max(c.network_timeout_seconds, c.dimse_timeout_seconds) - 60  # file times
+            removed = self.spool.sweep_receiving(idle_since)
+            if removed:
+                log.info("removed %d partial data set(s) of transfers aborted mid-instance", removed)
+
+    def _take_up_orphaned_jobs(self, now: float) -> None:
+        """The worker died: its job goes back to the queue, or fails after scp.job_max_attempts starts.
+
+        Called while no worker runs (the next one starts only once this
+        succeeded), so a job still ``running`` has nobody to finish it.
+        """
+        how = self._orphaned_by
+        try:
+            released = self.db.release_running(now, self.config.scp.job_max_attempts, f"the worker {how}")
+        except sqlite3.OperationalError as exc:  # a full disk: tried again at the next tick
+            if not self._requeue_failing:
+                log.error("cannot re-queue the job of the worker that died (%s); trying again", exc)
+                self._requeue_failing = True
+            return
+        self._orphaned_by = None
+        self._requeue_failing = False
+        for job in released:
+            self.counters.inc("jobs_orphaned_total")
+            if job.state == "complete":
+                log.warning(
+                    "series %s: job %d re-queued: the worker %s while scoring it (attempt %d of %d)",
+                    job.series_uid, job.id, how, job.attempts, self.config.scp.job_max_attempts,
+                )
+            elif job.state == "failed":
+                log.error(
+                    "series %s: job %d failed: the worker %s while scoring it, %d times (scp.job_max_attempts)",
+                    job.series_uid, job.id, how, job.attempts,
+                )
+            else:
+                log.info("series %s: job %d of the dead worker superseded (the series was re-opened)",
+                         job.series_uid, job.id)
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop accepting, let open associations finish, then the delivery, the worker and metrics."""
@@ -319,6 +418,7 @@ class Node:
         if self.metrics is not None:
             self.metrics.stop()
         self.db.close()
+        tempfile.tempdir = None
         log.info("stopped")
 
     def metrics_text(self) -> str:

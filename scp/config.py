@@ -54,9 +54,19 @@ class ScpConfig:
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
-    max_associations: int = 10  # simultaneous incoming associations
-    max_pdu: int = 262144  # maximum PDU length we receive, bytes (0 = unlimited)
-    max_instance_bytes: int = 268435456  # larger C-STORE datasets are refused (0xA700)
+    max_associations: int = 10  # simultaneous associations; a connection takes a slot once it asks to associate
+    # A connection must send its A-ASSOCIATE-RQ (and finish its TLS handshake)
+    # within this time, so one that never does (a port scanner, a health
+    # check) is closed after seconds, not after the ACSE timeout.
+    request_timeout_seconds: float = 5.0
+    # Connections still waiting for their request, beyond the associations:
+    # each is a thread for at most request_timeout_seconds; more are closed at once.
+    max_pending_connections: int = 50
+    max_pdu: int = 262144  # maximum P-DATA-TF we receive, bytes; a longer one closes the connection (0 = unlimited)
+    # Larger C-STORE datasets are refused (0xA700).  Datasets stream to disk as
+    # they arrive, never whole into memory; one still arriving at twice this
+    # size is cut off (the association aborted), so it cannot fill the disk.
+    max_instance_bytes: int = 268435456
     min_free_disk_bytes: int = 1073741824  # below this free space, C-STORE answers 0xA700
     acse_timeout_seconds: float = 30.0
     dimse_timeout_seconds: float = 60.0
@@ -65,6 +75,9 @@ class ScpConfig:
     return_port: int = 104  # port of the calling AE's storage SCP for return_to_caller
     retry_max_attempts: int = 5  # C-STORE attempts per destination before "failed"
     retry_backoff_seconds: float = 10.0  # first retry delay; doubles each attempt
+    # Times a job is started; a job whose worker died (killed, out of memory)
+    # this often is failed with the reason instead of being taken up again.
+    job_max_attempts: int = 3
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # health and Prometheus metrics over HTTP; 0 = off
     log_phi: bool = False  # patient name/ID in log lines
@@ -87,6 +100,14 @@ class ScpConfig:
             raise ValueError("scp.tls_ca needs scp.tls_certificate and scp.tls_key")
         if self.max_associations < 1:
             raise ValueError(f"scp.max_associations must be >= 1, got {self.max_associations}")
+        _positive(self.request_timeout_seconds, "scp.request_timeout_seconds")
+        if self.request_timeout_seconds > self.acse_timeout_seconds:
+            raise ValueError(
+                f"scp.request_timeout_seconds ({self.request_timeout_seconds}) must not exceed"
+                f" scp.acse_timeout_seconds ({self.acse_timeout_seconds})"
+            )
+        if self.max_pending_connections < 1:
+            raise ValueError(f"scp.max_pending_connections must be >= 1, got {self.max_pending_connections}")
         # PS3.8 D.3.3.2.1: a maximum length below the PDU header is meaningless
         if self.max_pdu != 0 and self.max_pdu < 4096:
             raise ValueError(f"scp.max_pdu must be 0 (unlimited) or >= 4096, got {self.max_pdu}")
@@ -101,6 +122,8 @@ class ScpConfig:
         if self.retry_max_attempts < 1:
             raise ValueError(f"scp.retry_max_attempts must be >= 1, got {self.retry_max_attempts}")
         _positive(self.retry_backoff_seconds, "scp.retry_backoff_seconds")
+        if self.job_max_attempts < 1:
+            raise ValueError(f"scp.job_max_attempts must be >= 1, got {self.job_max_attempts}")
         check_port(self.metrics_port, "scp.metrics_port", allow_zero=True)
 
     @property

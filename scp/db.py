@@ -7,7 +7,9 @@ All SQL of the node is here (the table definitions in ``scp.db_schema``).  State
   for a series in any later state re-opens it (back to ``received``).
 - jobs (one per completion of a series, numbered by ``generation``): the same
   states from ``complete`` on, plus ``superseded`` when a re-opened series
-  makes a queued job pointless.
+  makes a queued job pointless.  A job counts its starts (``attempts``): one
+  left ``running`` by a worker that died goes back to ``complete``, or to
+  ``failed`` once it has used its attempts (:meth:`Database.release_running`).
 - deliveries (one per job and destination): ``pending`` -> ``sent``, or
   ``failed`` after the configured attempts, or ``superseded`` by a newer report.
 
@@ -25,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from scp.db_schema import SCHEMA, Delivery, Job, OpenSeries
+from scp.db_schema import ADDED_COLUMNS, SCHEMA, Delivery, Job, OpenSeries, ReleasedJob
 from scp.spool import InstanceKey
 
 
@@ -52,6 +54,14 @@ class Database:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self._conn.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database made by an older version up to the current tables."""
+        with self._tx() as c:
+            for table, column, definition in ADDED_COLUMNS:
+                if column not in {r[1] for r in c.execute(f"PRAGMA table_info({table})")}:
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         with self._lock:
@@ -64,10 +74,13 @@ class Database:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # A COMMIT that failed (SQLITE_FULL: disk full) may leave the
+                # transaction open; the next BEGIN would fail for ever after.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -168,7 +181,7 @@ class Database:
     # -- processing ------------------------------------------------------------
 
     def claim_job(self, now: float) -> Job | None:
-        """Take the oldest queued job and mark it running."""
+        """Take the oldest queued job, mark it running and count the attempt."""
         with self._tx() as c:
             row = c.execute(
                 "SELECT j.id, j.series_uid, j.study_uid, j.generation, s.calling_aet, s.calling_host"
@@ -176,7 +189,9 @@ class Database:
             ).fetchone()
             if row is None:
                 return None
-            c.execute("UPDATE jobs SET state = 'running', started = ? WHERE id = ?", (now, row[0]))
+            c.execute(
+                "UPDATE jobs SET state = 'running', started = ?, attempts = attempts + 1 WHERE id = ?", (now, row[0])
+            )
             self._series_follows(c, row[0], "running", None, now)
             return Job(*row)
 
@@ -305,22 +320,56 @@ class Database:
     # -- restart and status ----------------------------------------------------
 
     def recover(self, now: float) -> int:
-        """After a crash: jobs left running go back to the queue; return how many.
+        """After a restart: jobs left running go back to the queue; return how many.
+
+        A stop may cut any job short, so the attempts a job already used do
+        not count against it here (compare :meth:`release_running`).
+        """
+        return sum(1 for j in self.release_running(now, None, "") if j.state == "complete")
+
+    def release_running(self, now: float, max_attempts: int | None, cause: str) -> list[ReleasedJob]:
+        """Jobs left ``running`` by a worker that is gone: queue them again, or fail them.
+
+        Only call this when no worker is alive (the listener does, as soon as
+        it sees its worker dead): a running job then has nobody to finish it.
+
+        Parameters
+        ----------
+        max_attempts
+            A job already started this many times is ``failed`` with
+            ``cause`` in its reason instead of being queued again (a series
+            that kills the worker, e.g. out of memory, must not do so for
+            ever); None queues every one again.
+        cause
+            Why the worker is gone, for the reason of a failed job.
 
         A job whose series was re-opened meanwhile is superseded instead: the
         series' next completion queues a job with all its instances.
         """
+        released = []
         with self._tx() as c:
-            c.execute(
-                "UPDATE jobs SET state = 'superseded', finished = ? WHERE state = 'running' AND series_uid IN"
-                " (SELECT series_uid FROM series WHERE state = 'received')",
-                (now,),
-            )
-            ids = [r[0] for r in c.execute("SELECT id FROM jobs WHERE state = 'running'")]
-            for job_id in ids:
-                c.execute("UPDATE jobs SET state = 'complete', started = NULL WHERE id = ?", (job_id,))
-                self._series_follows(c, job_id, "complete", None, now)
-            return len(ids)
+            rows = c.execute(
+                "SELECT j.id, j.series_uid, j.attempts, s.state FROM jobs j JOIN series s USING (series_uid)"
+                " WHERE j.state = 'running' ORDER BY j.id"
+            ).fetchall()
+            for job_id, series_uid, attempts, series_state in rows:
+                if series_state == "received":
+                    state = "superseded"
+                    c.execute("UPDATE jobs SET state = 'superseded', finished = ? WHERE id = ?", (now, job_id))
+                elif max_attempts is not None and attempts >= max_attempts:
+                    state = "failed"
+                    reason = f"given up after {attempts} attempts (scp.job_max_attempts): {cause}"
+                    c.execute(
+                        "UPDATE jobs SET state = 'failed', reason = ?, finished = ? WHERE id = ?",
+                        (reason, now, job_id),
+                    )
+                    self._series_follows(c, job_id, state, reason, now)
+                else:
+                    state = "complete"
+                    c.execute("UPDATE jobs SET state = 'complete', started = NULL WHERE id = ?", (job_id,))
+                    self._series_follows(c, job_id, state, None, now)
+                released.append(ReleasedJob(job_id, series_uid, attempts, state))
+        return released
 
     def state_counts(self) -> dict[str, dict[str, int]]:
         """Number of series, jobs and deliveries in each state (for status and metrics)."""

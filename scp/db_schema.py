@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished REAL,
     result_dir TEXT,
     sr_uid TEXT,
-    total_agatston REAL
+    total_agatston REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -60,6 +61,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state);
 """
+
+# Columns added since the first release, for databases created before them: (table, column, definition).
+ADDED_COLUMNS = (("jobs", "attempts", "INTEGER NOT NULL DEFAULT 0"),)
 
 
 @dataclass(frozen=True)
@@ -97,3 +101,13 @@ class OpenSeries:
     n_instances: int
     expected: int | None
     last_received: float
+
+
+@dataclass(frozen=True)
+class ReleasedJob:
+    """A job found ``running`` with no worker left to finish it, and what became of it."""
+
+    id: int
+    series_uid: str
+    attempts: int  # times it was started
+    state: str  # "complete" (queued again), "failed" (attempts used up) or "superseded" (series re-opened)

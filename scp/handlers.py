@@ -8,12 +8,13 @@ C-STORE); nothing heavy runs here, the worker does the scoring.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BytesIO
+from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 from pynetdicom.events import Event
 
@@ -52,22 +53,25 @@ def handle_echo(event: Event) -> int:
 def handle_store(event: Event, ctx: StoreContext) -> int:
     """Make the received instance durable, record it, then answer.
 
-    The bytes are written as they came (file meta + the encoded dataset, no
-    re-encoding); only the identifying UIDs are read from the dataset, and they
-    are validated before they become a path.  Success is returned only once
-    the file and its directory entry are fsynced.
+    pynetdicom has streamed the data set to a file in the spool's receiving
+    folder as it arrived (``STORE_RECV_CHUNKED_DATASET``, set by the app), with
+    a file meta header; that file is taken into the spool as it is (no
+    re-encoding, no copy in memory).  Only the identifying UIDs are read from
+    it, and they are validated before they become a path.  Success is returned
+    only once the file and its directory entry are fsynced.
     """
-    raw_size = len(event.request.DataSet.getvalue())
+    received = event.dataset_path
+    size = received.stat().st_size
     calling = event.assoc.requestor
-    if raw_size > ctx.max_instance_bytes:
+    if size > ctx.max_instance_bytes:
         ctx.counters.inc("store_refused_total")
         log.warning(
             "instance %s from %s: %d bytes exceeds scp.max_instance_bytes %d; refused",
-            event.request.AffectedSOPInstanceUID, calling.ae_title, raw_size, ctx.max_instance_bytes,
+            event.request.AffectedSOPInstanceUID, calling.ae_title, size, ctx.max_instance_bytes,
         )
         return OUT_OF_RESOURCES
     try:
-        ds = identifying_header(event)
+        ds = identifying_header(received)
         key = InstanceKey(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
         sop_class = str(ds.SOPClassUID)
         expected = _images_in_acquisition(ds)
@@ -86,19 +90,25 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
             key.series_uid, key.sop_uid, DATASET_DOES_NOT_MATCH_SOP_CLASS,
         )
         return DATASET_DOES_NOT_MATCH_SOP_CLASS
-    data = event.encoded_dataset(include_meta=True)
     try:
-        path = ctx.spool.write(key, data)
+        path = ctx.spool.adopt(key, received)
     except SpoolError as exc:
         ctx.counters.inc("store_refused_total")
         log.error("series %s: instance %s not stored: %s; answered Out of Resources", key.series_uid, key.sop_uid, exc)
         return OUT_OF_RESOURCES
     now = ctx.clock()
     first = key.series_uid not in ctx.policy
-    new, reopened = ctx.db.record_instance(
-        key, sop_class, path, len(data), now,
-        calling_aet=calling.ae_title, calling_host=calling.address, expected=expected,
-    )
+    try:
+        new, reopened = ctx.db.record_instance(
+            key, sop_class, path, size, now,
+            calling_aet=calling.ae_title, calling_host=calling.address, expected=expected,
+        )
+    except sqlite3.OperationalError as exc:
+        # "database or disk is full": the file is in the spool (the next start
+        # records it), but not acknowledged, so the sender retries as for a full spool
+        ctx.counters.inc("store_refused_total")
+        log.error("series %s: instance %s not recorded: %s; answered Out of Resources", key.series_uid, key.sop_uid, exc)
+        return OUT_OF_RESOURCES
     ctx.policy.seen(key.series_uid, now, new=new, expected=expected)
     ctx.counters.inc("instances_received_total")
     if reopened:
@@ -144,17 +154,15 @@ def _past_identifying_groups(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag.group > 0x0020
 
 
-def identifying_header(event: Event) -> Dataset:
-    """The received dataset's elements up to group 0020 (UIDs, Images in Acquisition), parsed without the rest.
+def identifying_header(path: Path) -> Dataset:
+    """A received file's elements up to group 0020 (UIDs, Images in Acquisition), parsed without the rest.
 
     The spool keeps the bytes as they came; parsing the pixel data here would
-    only cost time on the association's thread.
+    only cost time on the association's thread, and values over a kilobyte
+    in those groups (none that we read) are left unread.
     """
-    syntax = event.context.transfer_syntax
-    if syntax.is_deflated:  # not offered (app.py), but never misread one
-        return event.dataset
-    raw = BytesIO(event.request.DataSet.getvalue())
-    return read_dataset(raw, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=_past_identifying_groups)
+    with open(path, "rb") as fh:
+        return read_partial(fh, stop_when=_past_identifying_groups, defer_size=1024)
 
 
 def _images_in_acquisition(ds: Dataset) -> int | None:

@@ -2,7 +2,10 @@
 
 Layout: ``<storage>/spool/<study uid>/<series uid>/<sop instance uid>.dcm``.
 Only validated UIDs become path components, so nothing from a dataset can
-escape the spool or name a file it should not.
+escape the spool or name a file it should not.  Two working folders sit
+beside the studies: ``.incoming`` (our temp files, renamed into place) and
+``.receiving`` (data sets as they stream in from the network, see
+:meth:`Spool.adopt`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +67,9 @@ class Spool:
         self.fsync_directory = fsync_directory
         self.tmp = root / ".incoming"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        # where the listener's network layer streams data sets (same file system, so they can be linked into place)
+        self.receiving = root / ".receiving"
+        self.receiving.mkdir(exist_ok=True)
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         """Folder of one series (UIDs validated)."""
@@ -95,26 +102,60 @@ class Spool:
         if free - len(data) < self.min_free_bytes:
             raise SpoolError(f"only {free} bytes free in {self.root}, keeping {self.min_free_bytes} in reserve")
         final = self.path_for(key)
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            os.unlink(tmp_name)
+            raise SpoolError(f"cannot write {final.name}: {exc}") from exc
+        return self._place(Path(tmp_name), final)
+
+    def adopt(self, key: InstanceKey, received: Path) -> Path:
+        """Make a file already written in :attr:`receiving` durable at the instance's place; return the path.
+
+        The file is hard-linked (not copied) into ``.incoming`` and placed as
+        :meth:`write` places its own; ``received`` itself is left for its
+        writer to remove.
+
+        Raises
+        ------
+        SpoolError
+            When the disk is (nearly) full or the file cannot be placed.
+        """
+        free = shutil.disk_usage(self.root).free
+        if free < self.min_free_bytes:
+            raise SpoolError(f"only {free} bytes free in {self.root}, keeping {self.min_free_bytes} in reserve")
+        final = self.path_for(key)
+        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        try:
+            os.link(received, tmp)
+        except OSError as exc:
+            raise SpoolError(f"cannot take {final.name} from {received}: {exc}") from exc
+        return self._place(tmp, final)
+
+    def _place(self, tmp: Path, final: Path) -> Path:
+        """Rename the complete file ``tmp`` to ``final`` and make both durable (see :meth:`write`)."""
         folder = final.parent
         new_folder = not folder.is_dir()
         # A resent instance replaces an acknowledged copy: that copy must never be
         # swapped for a file whose data is not yet on disk, so take the strict order.
         replacing = not new_folder and final.exists()
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
         renamed = False
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
                 if new_folder:
                     folder.mkdir(parents=True, exist_ok=True)
                 if replacing:
-                    os.fsync(fh.fileno())
-                    os.replace(tmp_name, final)
+                    os.fsync(fd)
+                    os.replace(tmp, final)
                 else:
-                    os.replace(tmp_name, final)
+                    os.replace(tmp, final)
                     renamed = True
-                    os.fsync(fh.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             if new_folder:  # new directory entries up the tree: make them durable once per series
                 _fsync_dir(folder.parent)
                 _fsync_dir(folder.parent.parent)
@@ -123,18 +164,34 @@ class Spool:
         except OSError as exc:
             # never acknowledged: remove it (under its final name only if this write put it there)
             try:
-                os.unlink(final if renamed else tmp_name)
+                os.unlink(final if renamed else tmp)
             except FileNotFoundError:
                 pass
             raise SpoolError(f"cannot write {final.name}: {exc}") from exc
         return final
 
     def clear_incoming(self) -> int:
-        """Remove temp files left by a crash mid-write (never acknowledged); return how many."""
+        """Remove temp files left by a crash mid-write or mid-transfer (never acknowledged); return how many."""
         count = 0
-        for part in self.tmp.glob("*.part"):
+        for part in [*self.tmp.glob("*.part"), *self.receiving.iterdir()]:
             part.unlink(missing_ok=True)
             count += 1
+        return count
+
+    def sweep_receiving(self, idle_since: float) -> int:
+        """Remove files of :attr:`receiving` not written to since ``idle_since`` (epoch seconds); return how many.
+
+        A data set streams in there while its association lasts; one whose
+        association was aborted mid-transfer stays behind, never acknowledged.
+        """
+        count = 0
+        for path in self.receiving.iterdir():
+            try:
+                if path.stat().st_mtime < idle_since:
+                    path.unlink()
+                    count += 1
+            except FileNotFoundError:
+                pass  # finished and removed meanwhile
         return count
 
     def scan(self) -> list[tuple[InstanceKey, Path]]:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ from scp.spool import Spool
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# How long the worker waits before it tries the database again after a write
+# failed (a full disk); the wait doubles up to the maximum.
+BOOKKEEPING_RETRY_SECONDS = 1.0
+BOOKKEEPING_RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -64,27 +69,53 @@ def destinations_for(settings: WorkerSettings, job: Job) -> list[tuple[str, str,
 
 
 def write_results(folder: Path, objects: Sequence[tuple[str, Dataset | None]], summary: dict) -> None:
-    """Write the report files and ``result.json`` durably into ``folder`` (replaced as a whole)."""
+    """Write the report files and ``result.json`` durably into ``folder`` (replaced as a whole).
+
+    On failure (a full disk) the partial files are removed, so they do not
+    hold the space the bookkeeping of that failure needs.
+    """
     tmp = folder.with_name(folder.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, ds in objects:
-        if ds is None:
-            continue
-        path = tmp / name
-        dcmwrite(path, ds, enforce_file_format=True)
+    try:
+        tmp.mkdir(parents=True)
+        for name, ds in objects:
+            if ds is None:
+                continue
+            path = tmp / name
+            dcmwrite(path, ds, enforce_file_format=True)
+            _fsync(path)
+        path = tmp / "result.json"
+        path.write_text(json.dumps(summary, indent=2) + "\n")
         _fsync(path)
-    path = tmp / "result.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    _fsync(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     _fsync(folder.parent, directory=True)
 
 
-def process_job(job: Job, settings: WorkerSettings, db: Database, labeller: object) -> str:
-    """Score one job end to end and record the outcome; return the job's new state."""
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended, to be recorded in the database: ``failed`` or ``skipped`` with a reason, or a report."""
+
+    state: str
+    reason: str | None = None
+    result_dir: Path | None = None
+    sr_uid: str | None = None
+    total_agatston: float | None = None
+    destinations: tuple[tuple[str, str, int], ...] = ()
+
+
+def process_job(job: Job, settings: WorkerSettings, labeller: object) -> Outcome:
+    """Score one job end to end and write its report files; the caller records the outcome.
+
+    Raises
+    ------
+    CacnodeError
+        The series cannot be scored (the message says why).
+    """
     from dicom_sr.writer import build_report
     from pipeline.eligibility import eligibility_reasons
     from pipeline.loader import load_series, read_headers
@@ -95,14 +126,12 @@ def process_job(job: Job, settings: WorkerSettings, db: Database, labeller: obje
     headers = read_headers(folder).get(job.series_uid, [])
     if not headers:
         reason = f"no readable instances in {folder}"
-        db.end_job(job.id, "failed", reason, time.time())
         log.error("series %s: failed: %s", job.series_uid, reason)
-        return "failed"
+        return Outcome("failed", reason)
     reasons = eligibility_reasons(headers, settings.eligibility)
     if reasons:
-        db.end_job(job.id, "skipped", "; ".join(reasons), time.time())
         log.info("series %s: skipped, not eligible: %s", job.series_uid, "; ".join(reasons))
-        return "skipped"
+        return Outcome("skipped", "; ".join(reasons))
     started = time.monotonic()
     series = load_series(
         folder, series_uid=job.series_uid, max_obliquity_degrees=settings.eligibility.max_obliquity_degrees
@@ -116,21 +145,34 @@ def process_job(job: Job, settings: WorkerSettings, db: Database, labeller: obje
     summary["generation"] = job.generation
     result_dir = settings.storage.results / job.study_uid / job.series_uid / f"{job.generation:03d}-job{job.id}"
     write_results(result_dir, [("sr.dcm", report.sr), ("seg.dcm", report.seg), ("summary.dcm", report.summary)], summary)
-    destinations = destinations_for(settings, job)
-    db.finish_job(
-        job.id,
-        time.time(),
-        result_dir=result_dir,
-        sr_uid=str(report.sr.SOPInstanceUID),
-        total_agatston=float(result.score.total.agatston),
-        destinations=destinations,
-    )
+    destinations = tuple(destinations_for(settings, job))
     log.info(
         "series %s: reported (generation %d, %d slices, Agatston %.1f) in %.1f s; %d destination(s)",
         job.series_uid, job.generation, result.n_slices, result.score.total.agatston,
         time.monotonic() - started, len(destinations),
     )
-    return "reported" if destinations else "sent"
+    return Outcome(
+        "reported" if destinations else "sent",
+        result_dir=result_dir,
+        sr_uid=str(report.sr.SOPInstanceUID),
+        total_agatston=float(result.score.total.agatston),
+        destinations=destinations,
+    )
+
+
+def record(db: Database, job: Job, outcome: Outcome) -> None:
+    """Write a job's outcome into the database (one transaction)."""
+    if outcome.result_dir is not None:
+        db.finish_job(
+            job.id,
+            time.time(),
+            result_dir=outcome.result_dir,
+            sr_uid=outcome.sr_uid or "",
+            total_agatston=outcome.total_agatston or 0.0,
+            destinations=outcome.destinations,
+        )
+    else:
+        db.end_job(job.id, outcome.state, outcome.reason or "", time.time())
 
 
 def run_worker(settings: WorkerSettings, control: Connection, parent_pid: int) -> int:
@@ -163,25 +205,71 @@ def run_worker(settings: WorkerSettings, control: Connection, parent_pid: int) -
     log.info("worker: model %s %s loaded", labeller.identity.name, labeller.identity.version)
     control.send("ready")
     db = Database(settings.storage.database)
+    wait = BOOKKEEPING_RETRY_SECONDS
     try:
         while not _told_to_stop(control, 0.0):
-            job = db.claim_job(time.time())
+            try:
+                job = db.claim_job(time.time())
+            except sqlite3.Error as exc:  # a full disk or a locked database: wait, do not die
+                log.error("worker: cannot take a job from the database (%s); trying again in %.0f s", exc, wait)
+                if _told_to_stop(control, wait):
+                    break
+                wait = min(wait * 2, BOOKKEEPING_RETRY_MAX_SECONDS)
+                continue
+            wait = BOOKKEEPING_RETRY_SECONDS
             if job is None:
                 if _told_to_stop(control, settings.poll_seconds):  # wakes at once on "stop" or EOF
                     break
                 continue
             log.info("series %s: processing (job %d, generation %d)", job.series_uid, job.id, job.generation)
-            try:
-                process_job(job, settings, db, labeller)
-            except CacnodeError as exc:
-                db.end_job(job.id, "failed", str(exc), time.time())
-                log.error("series %s: failed: %s", job.series_uid, exc)
-            except Exception as exc:  # one bad series must not stop the node; the reason is kept in the job
-                db.end_job(job.id, "failed", f"internal error: {type(exc).__name__}: {exc}", time.time())
-                log.exception("series %s: failed with an internal error", job.series_uid)
+            outcome = _score(job, settings, labeller)
+            if not _record_until_done(db, job, outcome, control):
+                break
     finally:
         db.close()
     return 0
+
+
+def _score(job: Job, settings: WorkerSettings, labeller: object) -> Outcome:
+    """``process_job``, with every failure turned into a ``failed`` outcome (one bad series must not stop the node)."""
+    try:
+        return process_job(job, settings, labeller)
+    except CacnodeError as exc:
+        log.error("series %s: failed: %s", job.series_uid, exc)
+        return Outcome("failed", str(exc))
+    except Exception as exc:  # the reason is kept in the job
+        log.exception("series %s: failed with an internal error", job.series_uid)
+        return Outcome("failed", f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _record_until_done(db: Database, job: Job, outcome: Outcome, control: Connection) -> bool:
+    """Record ``outcome``, trying again while the database cannot take it; False when told to stop first.
+
+    A full disk fails the COMMIT ("database or disk is full"); the worker
+    must not exit over it, or the job would stay ``running`` with nobody on
+    it.  It waits and tries again (space may be freed); told to stop
+    meanwhile, it leaves the job ``running``, and the next start queues it again.
+    """
+    wait = BOOKKEEPING_RETRY_SECONDS
+    while True:
+        try:
+            record(db, job, outcome)
+        except sqlite3.Error as exc:
+            log.error(
+                "series %s: cannot record job %d as %s in the database (%s); the job stays running,"
+                " trying again in %.0f s", job.series_uid, job.id, outcome.state, exc, wait,
+            )
+        else:
+            if wait > BOOKKEEPING_RETRY_SECONDS:
+                log.info("series %s: job %d recorded as %s after all", job.series_uid, job.id, outcome.state)
+            return True
+        if _told_to_stop(control, wait):
+            log.warning(
+                "series %s: stopping with job %d unrecorded; it stays running and is queued again at the next start",
+                job.series_uid, job.id,
+            )
+            return False
+        wait = min(wait * 2, BOOKKEEPING_RETRY_MAX_SECONDS)
 
 
 def _told_to_stop(control: Connection, timeout: float) -> bool:

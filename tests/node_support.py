@@ -132,13 +132,15 @@ class NodeProcess:
         self.log_path = log
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> NodeProcess:
+    def start(self, timeout: float = 60, ready: Callable[[], bool] | None = None) -> NodeProcess:
+        """Start the node and wait until ``ready()`` (default: a plain C-ECHO succeeds)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cacnode.cli", "serve", "--config", str(self.config)],
                 cwd=REPO, env=node_env(), stdout=log, stderr=subprocess.STDOUT,
             )
-        wait_for(lambda: self._exited_early() or echo(self.port), timeout, f"node on port {self.port}")
+        ready = ready or (lambda: echo(self.port))
+        wait_for(lambda: self._exited_early() or ready(), timeout, f"node on port {self.port}")
         return self
 
     def _exited_early(self) -> bool:
