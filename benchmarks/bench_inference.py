@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.inference import Labeller, ModelConfig
-from pipeline.scoring import ScoringProfile, score_calcium
+from pipeline.model.inference import Labeller, ModelConfig
+from pipeline.scoring.agatston import ScoringProfile, score_calcium
 from training.cases import phantom_geometry
 
 

@@ -87,9 +87,9 @@ def weights_for(root: Path) -> Path:
         return bundled
     import torch
 
-    from pipeline.model import UNet3D, UNetConfig
-    from pipeline.preprocess import PreprocessConfig
-    from pipeline.weights import WeightsFile, new_uid, save_weights
+    from pipeline.model.unet import UNet3D, UNetConfig
+    from pipeline.model.preprocess import PreprocessConfig
+    from pipeline.model.weights import WeightsFile, new_uid, save_weights
 
     model = UNetConfig(channels=(4, 8, 8, 8))
     torch.manual_seed(0)

@@ -61,9 +61,9 @@ def peak_rss_kib() -> int:
 
 def child(folder: Path, labels_path: Path, repeats: int) -> None:
     """Load and score ``repeats`` times; print timings and peak memory as JSON."""
-    from pipeline.loader import load_series
-    from pipeline.result import score_series
-    from pipeline.scoring import ScoringProfile
+    from pipeline.reading.loader import load_series
+    from pipeline.scoring.result import score_series
+    from pipeline.scoring.agatston import ScoringProfile
 
     base_rss = peak_rss_kib()
     labels = np.load(labels_path)

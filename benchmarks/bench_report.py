@@ -22,10 +22,10 @@ from dicom_sr.seg import build_lesion_seg
 from dicom_sr.sr import build_sr
 from dicom_sr.summary import build_summary, render_summary
 from dicom_sr.writer import build_report
-from pipeline.identity import AlgorithmIdentity
-from pipeline.result import score_series
-from pipeline.scoring import ScoringProfile
-from pipeline.series import Acquisition, CTSeries, Geometry
+from pipeline.model.identity import AlgorithmIdentity
+from pipeline.scoring.result import score_series
+from pipeline.scoring.agatston import ScoringProfile
+from pipeline.reading.series import Acquisition, CTSeries, Geometry
 from training.phantom.ct_writer import CTHeader, build_ct_datasets
 
 IDENTITY = AlgorithmIdentity(name="cacnode-bench", version="0.0.0", uid="2.25.98765432109876543210")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from cacnode.settings import ConfigError, from_table
 from dicom_sr.config import ReportConfig
-from pipeline.eligibility import EligibilityRules
-from pipeline.inference import ModelConfig
-from pipeline.scoring import ScoringProfile
+from pipeline.reading.eligibility import EligibilityRules
+from pipeline.model.inference import ModelConfig
+from pipeline.scoring.agatston import ScoringProfile
 from scp.config import Destination, ScpConfig, SeriesConfig, StorageConfig
 from training.config import TrainingConfig
 

@@ -34,7 +34,7 @@ def run_evaluate(args: argparse.Namespace, config: Config) -> int:
     """
     cases = find_cases(args.cases, ignore=args.out)
     paths = output_paths(args.out)
-    from pipeline.inference import Labeller  # torch: imported once the cheap checks have passed
+    from pipeline.model.inference import Labeller  # torch: imported once the cheap checks have passed
 
     model_config = config.model if args.weights is None else dataclasses.replace(config.model, weights=args.weights)
     labeller = Labeller.load(model_config, device=args.device)

@@ -7,9 +7,9 @@ import json
 import sys
 
 from cacnode.config import Config
-from pipeline.identity import REFERENCE_LABELS
-from pipeline.loader import load_series
-from pipeline.result import format_table, score_series, to_json
+from pipeline.model.identity import REFERENCE_LABELS
+from pipeline.reading.loader import load_series
+from pipeline.scoring.result import format_table, score_series, to_json
 
 
 def run_score(args: argparse.Namespace, config: Config) -> int:
@@ -19,13 +19,13 @@ def run_score(args: argparse.Namespace, config: Config) -> int:
         max_obliquity_degrees=config.eligibility.max_obliquity_degrees,
     )
     if args.labels is not None:
-        from pipeline.labels_io import read_labels
+        from pipeline.reading.labels_io import read_labels
 
         labels = read_labels(args.labels, series)
         identity = REFERENCE_LABELS
         source = f"labels:{args.labels.name}"
     else:
-        from pipeline.inference import Labeller
+        from pipeline.model.inference import Labeller
 
         labeller = Labeller.load(config.model, device=args.device)
         labels = labeller.predict(series)

@@ -1,7 +1,7 @@
 """Turn a TOML table into a frozen dataclass, strictly.
 
 Each component owns the dataclass of its own config section (``scp.config``,
-``pipeline.scoring``, ...); this module only knows how to fill one from a
+``pipeline.scoring.agatston``, ...); this module only knows how to fill one from a
 ``dict``: unknown keys are errors, values are type-checked against the field
 annotations, and every error names the full key (``scp.port``).  Range checks
 live in each dataclass's ``__post_init__`` and raise ``ValueError``; they are

@@ -12,7 +12,7 @@ from __future__ import annotations
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.coding import Code
 
-from pipeline.arteries import ARTERIES, CORONARY_ARTERY_CODE, Artery
+from pipeline.scoring.arteries import ARTERIES, CORONARY_ARTERY_CODE, Artery
 
 # --- the private coding scheme (PS3.3 C.12.1.1.3, PS3.16 8.2 "99" prefix) ---
 PRIVATE_SCHEME = "99CACNODE"

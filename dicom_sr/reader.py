@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicom_sr import codes
-from pipeline.arteries import BY_CODE, CORONARY_ARTERY_CODE
+from pipeline.scoring.arteries import BY_CODE, CORONARY_ARTERY_CODE
 from pipeline.errors import CacnodeError
 
 _IMAGING_MEASUREMENTS = "126010"
@@ -37,7 +37,7 @@ class ReportError(CacnodeError):
 
 
 def read_sr_scores(ds_or_path: Dataset | Path | str) -> dict[str, Any]:
-    """The scores of a calcium score SR, shaped as the matching parts of :func:`pipeline.result.to_json`.
+    """The scores of a calcium score SR, shaped as the matching parts of :func:`pipeline.scoring.result.to_json`.
 
     Parameters
     ----------

@@ -23,9 +23,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_sr import codes
 from dicom_sr.source import device_attributes, header_copies
-from pipeline.arteries import ARTERIES, Artery
+from pipeline.scoring.arteries import ARTERIES, Artery
 from pipeline.errors import LabelsError
-from pipeline.identity import AlgorithmIdentity
+from pipeline.model.identity import AlgorithmIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def build_lesion_seg(
         slice ``k`` belonging to ``source_datasets[k]``.
     source_datasets
         The CT datasets of the series, sorted along the slice normal (as
-        :class:`pipeline.series.CTSeries.datasets`); pixel data not needed.
+        :class:`pipeline.reading.series.CTSeries.datasets`); pixel data not needed.
         Missing Type 2 patient/study attributes are written empty.
     identity
         The algorithm that produced the labels (Segment Algorithm Identification,

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, TM
 
-from pipeline.identity import AlgorithmIdentity
+from pipeline.model.identity import AlgorithmIdentity
 
 logger = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from pydicom.valuerep import DSfloat
 from dicom_sr import codes
 from dicom_sr.config import ReportConfig
 from dicom_sr.source import device_attributes, header_copies
-from pipeline.arteries import ARTERY_NAMES
-from pipeline.flags import FLAG_TEXT, is_estimate
-from pipeline.identity import AlgorithmIdentity
-from pipeline.result import SeriesResult
-from pipeline.scoring import ArteryScore, ScoringProfile
+from pipeline.scoring.arteries import ARTERY_NAMES
+from pipeline.scoring.flags import FLAG_TEXT, is_estimate
+from pipeline.model.identity import AlgorithmIdentity
+from pipeline.scoring.result import SeriesResult
+from pipeline.scoring.agatston import ArteryScore, ScoringProfile
 
 TOTAL = "Total"
 _QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")

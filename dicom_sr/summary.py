@@ -31,12 +31,12 @@ from dicom_sr.summary_draw import (
     text_width,
     wrap,
 )
-from pipeline.arteries import ARTERY_NAMES
-from pipeline.flags import is_estimate
-from pipeline.identity import AlgorithmIdentity
-from pipeline.result import SeriesResult
-from pipeline.scoring import ArteryScore
-from pipeline.series import CTSeries
+from pipeline.scoring.arteries import ARTERY_NAMES
+from pipeline.scoring.flags import is_estimate
+from pipeline.model.identity import AlgorithmIdentity
+from pipeline.scoring.result import SeriesResult
+from pipeline.scoring.agatston import ArteryScore
+from pipeline.reading.series import CTSeries
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from pipeline.arteries import ARTERIES
+from pipeline.scoring.arteries import ARTERIES
 
 # One colour per artery, from the Okabe-Ito palette (distinguishable with the
 # common colour-vision deficiencies), bright enough on a grey CT background.

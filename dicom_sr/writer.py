@@ -23,9 +23,9 @@ from dicom_sr.seg import build_lesion_seg, segment_arteries
 from dicom_sr.sr import build_sr
 from dicom_sr.summary import build_summary
 from pipeline.errors import LabelsError
-from pipeline.identity import AlgorithmIdentity
-from pipeline.result import SeriesResult
-from pipeline.series import CTSeries
+from pipeline.model.identity import AlgorithmIdentity
+from pipeline.scoring.result import SeriesResult
+from pipeline.reading.series import CTSeries
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def build_report(
     Parameters
     ----------
     result
-        The scores of ``series`` (from :func:`pipeline.result.score_series`).
+        The scores of ``series`` (from :func:`pipeline.scoring.result.score_series`).
     labels
         uint8 label map of ``series`` (0 background, 1-4 arteries), in its slice order.
     series

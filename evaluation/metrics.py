@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pipeline.arteries import ARTERIES
-from pipeline.scoring import RISK_CATEGORIES, ScoringProfile, counted_voxels, in_plane_structure, risk_category
+from pipeline.scoring.arteries import ARTERIES
+from pipeline.scoring.agatston import RISK_CATEGORIES, ScoringProfile, counted_voxels, in_plane_structure, risk_category
 
 _CUBE = np.ones((3, 3, 3), dtype=bool)
 

@@ -20,9 +20,9 @@ import numpy as np
 from evaluation.metrics import limits_of_agreement
 from evaluation.plots import bland_altman_plot, scatter_plot
 from evaluation.run import CaseResult, ScoredCase
-from pipeline.arteries import ARTERY_NAMES
+from pipeline.scoring.arteries import ARTERY_NAMES
 from pipeline.errors import CacnodeError
-from pipeline.scoring import risk_category
+from pipeline.scoring.agatston import risk_category
 
 CSV_HEADER: tuple[str, ...] = (
     "case", "series_uid", "status", "reason", "truth_total", "predicted_total",

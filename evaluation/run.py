@@ -1,7 +1,7 @@
 """Score each case with the model and compare it with its reference labels.
 
 Per case: load the series once (as ``cacnode score``), read the reference
-labels onto it (DICOM SEG or NIfTI, ``pipeline.labels_io``; none when the
+labels onto it (DICOM SEG or NIfTI, ``pipeline.reading.labels_io``; none when the
 reference has no calcium), label it with the model (``Labeller.predict``, the
 node's own path) and compare the two with ``evaluation.metrics``.  The
 reference is read before the model runs, so a label file that does not fit
@@ -25,10 +25,10 @@ from tqdm import tqdm
 from evaluation.cases import Case
 from evaluation.metrics import ArteryOutcome, CaseOutcome, compare_by_artery, score_truth
 from pipeline.errors import CacnodeError
-from pipeline.inference import Labeller
-from pipeline.labels_io import read_labels
-from pipeline.loader import load_series
-from pipeline.scoring import ScoringProfile
+from pipeline.model.inference import Labeller
+from pipeline.reading.labels_io import read_labels
+from pipeline.reading.loader import load_series
+from pipeline.scoring.agatston import ScoringProfile
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from evaluation.metrics import artery_agreement, icc_absolute, limits_of_agreement, risk_confusion, summarise
 from evaluation.run import CaseResult, ScoredCase, SkippedCase
-from pipeline.arteries import ARTERY_NAMES
-from pipeline.scoring import RISK_CATEGORIES
+from pipeline.scoring.arteries import ARTERY_NAMES
+from pipeline.scoring.agatston import RISK_CATEGORIES
 
 
 def _number(value: float) -> float | None:

@@ -26,10 +26,10 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
 from dicom_sr.config import ReportConfig
-from pipeline.eligibility import EligibilityRules
+from pipeline.reading.eligibility import EligibilityRules
 from pipeline.errors import CacnodeError
-from pipeline.inference import ModelConfig
-from pipeline.scoring import ScoringProfile
+from pipeline.model.inference import ModelConfig
+from pipeline.scoring.agatston import ScoringProfile
 from scp.config import Destination, StorageConfig
 from scp.db import Database, Job
 from scp.spool import Spool
@@ -117,9 +117,9 @@ def process_job(job: Job, settings: WorkerSettings, labeller: object) -> Outcome
         The series cannot be scored (the message says why).
     """
     from dicom_sr.writer import build_report
-    from pipeline.eligibility import eligibility_reasons
-    from pipeline.loader import load_series, read_headers
-    from pipeline.result import score_series, to_json
+    from pipeline.reading.eligibility import eligibility_reasons
+    from pipeline.reading.loader import load_series, read_headers
+    from pipeline.scoring.result import score_series, to_json
 
     spool = Spool(settings.storage.spool)
     folder = spool.series_dir(job.study_uid, job.series_uid)
@@ -195,7 +195,7 @@ def run_worker(settings: WorkerSettings, control: Connection, parent_pid: int) -
         return 1
     # Ctrl-C reaches the whole process group; the listener decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from pipeline.inference import Labeller
+    from pipeline.model.inference import Labeller
 
     try:
         labeller = Labeller.load(settings.model)

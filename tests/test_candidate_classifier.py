@@ -10,16 +10,16 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pipeline.arteries import N_CLASSES
-from pipeline.candidate_classifier import FAINT_PEAK_SLOPE, CandidateClassifier, ClassifierConfig, decide, faint
-from pipeline.candidate_features import (FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, PATCH_MM, PATCH_SIDE,
+from pipeline.scoring.arteries import N_CLASSES
+from pipeline.model.candidate_classifier import FAINT_PEAK_SLOPE, CandidateClassifier, ClassifierConfig, decide, faint
+from pipeline.model.candidate_features import (FEATURE_NAMES, N_FEATURES, PATCH_CHANNELS, PATCH_MM, PATCH_SIDE,
                                          PATCH_SLICES, WIDE_CHANNELS, WIDE_MM, WIDE_SIDE, Candidates,
                                          candidate_features, candidate_patches, gated, wide_patches)
-from pipeline.candidates import majority_classes
-from pipeline.inference import CandidateDecisions, Labeller, ModelConfig
-from pipeline.model import UNet3D, UNetConfig
-from pipeline.preprocess import AIR_HU, CropBox, PreprocessConfig, extract, local_box
-from pipeline.weights import ClassifierWeights, WeightsFile, load_weights, new_uid, save_weights
+from pipeline.model.candidates import majority_classes
+from pipeline.model.inference import CandidateDecisions, Labeller, ModelConfig
+from pipeline.model.unet import UNet3D, UNetConfig
+from pipeline.model.preprocess import AIR_HU, CropBox, PreprocessConfig, extract, local_box
+from pipeline.model.weights import ClassifierWeights, WeightsFile, load_weights, new_uid, save_weights
 from synthetic_chest import make_chest
 
 FAT, TISSUE = -100.0, 40.0

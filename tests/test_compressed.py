@@ -17,7 +17,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pipeline.loader import load_series
+from pipeline.reading.loader import load_series
 from tests.conftest import dcmtk, simple_hu_volume
 from training.phantom.ct_writer import CTHeader, build_ct_datasets, write_datasets
 
@@ -106,7 +106,7 @@ def test_truncated_compressed_file_is_skipped(ct_series_dir, tmp_path, caplog):
     copy.save_as(tmp_path / "compressed" / "copy.dcm", enforce_file_format=True)
     raw = (tmp_path / "compressed" / "copy.dcm").read_bytes()
     (tmp_path / "compressed" / "copy.dcm").write_bytes(raw[: len(raw) - 300])
-    with caplog.at_level(logging.WARNING, logger="pipeline.loader"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.reading.loader"):
         series = load_series(tmp_path / "compressed")
     assert np.array_equal(series.hu, simple_hu_volume())
     assert "copy.dcm" in caplog.text

@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.eligibility import EligibilityRules, eligibility_reasons
+from pipeline.reading.eligibility import EligibilityRules, eligibility_reasons
 from tests.conftest import simple_hu_volume
 from training.phantom.ct_writer import CTHeader, build_ct_datasets
 

@@ -21,9 +21,9 @@ from cacnode.cli import main as cacnode_main
 from evaluation.cases import Case, find_cases
 from evaluation.metrics import (ArteryOutcome, CaseOutcome, artery_agreement, compare_by_artery, confusion_matrix,
                                 limits_of_agreement, risk_confusion, score_truth, weighted_kappa)
-from pipeline.labels_io import series_affine
-from pipeline.loader import load_series
-from pipeline.scoring import RISK_CATEGORIES, ScoringProfile, risk_category
+from pipeline.reading.labels_io import series_affine
+from pipeline.reading.loader import load_series
+from pipeline.scoring.agatston import RISK_CATEGORIES, ScoringProfile, risk_category
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config.toml"  # the bundled model

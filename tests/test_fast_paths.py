@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from pipeline.candidate_features import _object_features, _PerCandidate
-from pipeline.heart import _SLICE_2D, _fill_holes_per_slice, _first_to_last
-from pipeline.noise import noise_sd_hu
-from pipeline.preprocess import adaptive_max
-from pipeline.scoring import in_plane_structure
-from pipeline.sparse import flat_nonzero
+from pipeline.model.candidate_features import _object_features, _PerCandidate
+from pipeline.model.heart import _SLICE_2D, _fill_holes_per_slice, _first_to_last
+from pipeline.model.noise import noise_sd_hu
+from pipeline.model.preprocess import adaptive_max
+from pipeline.scoring.agatston import in_plane_structure
+from pipeline.scoring.sparse import flat_nonzero
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64, np.float32, bool])
@@ -101,7 +101,7 @@ def test_first_to_last_equals_running_maxima_both_ways(axis: int) -> None:
 
 def test_pooling_with_torch_as_on_a_gpu_equals_the_cpu_grid() -> None:
     """``ToGrid`` pools with torch on a GPU; the same function on the CPU gives the CPU path's numbers."""
-    from pipeline.preprocess import ToGrid, pool_with_torch
+    from pipeline.model.preprocess import ToGrid, pool_with_torch
 
     crop = np.random.default_rng(5).normal(0, 300, (4, 150, 160)).astype(np.float32)
     on_cpu = ToGrid(48, 130.0)(crop)
@@ -115,9 +115,9 @@ def test_pooling_with_torch_as_on_a_gpu_equals_the_cpu_grid() -> None:
 def test_context_shares_equal_the_whole_crop_filter_bit_for_bit(spacing: tuple[float, float]) -> None:
     """The context columns, from column counts on blocks, equal ``ndimage.uniform_filter`` of the whole
     crop averaged over each candidate's voxels, exactly (candidates at the crop's edges included)."""
-    from pipeline.arteries import N_CLASSES
-    from pipeline.candidate_features import FEATURE_NAMES, candidate_features
-    from pipeline.preprocess import CropBox
+    from pipeline.scoring.arteries import N_CLASSES
+    from pipeline.model.candidate_features import FEATURE_NAMES, candidate_features
+    from pipeline.model.preprocess import CropBox
 
     rng = np.random.default_rng(7)
     hu = rng.choice([-600.0, -100.0, 40.0, 300.0], size=(5, 90, 80), p=[0.2, 0.35, 0.38, 0.07]).astype(np.float32)

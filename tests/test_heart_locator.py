@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.heart import HeartLocatorSettings, _body_mask, _open_in_plane, locate_heart
+from pipeline.model.heart import HeartLocatorSettings, _body_mask, _open_in_plane, locate_heart
 from synthetic_chest import Chest, make_chest
 
 

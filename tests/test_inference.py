@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.arteries import N_CLASSES
+from pipeline.scoring.arteries import N_CLASSES
 from pipeline.errors import ModelError
-from pipeline.inference import Labeller, ModelConfig, grid_to_labels, resolve_device
-from pipeline.model import UNet3D, UNetConfig
-from pipeline.preprocess import Preprocess, PreprocessConfig, extract, labels_to_grid
-from pipeline.series import Acquisition, CTSeries, Geometry
-from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
+from pipeline.model.inference import Labeller, ModelConfig, grid_to_labels, resolve_device
+from pipeline.model.unet import UNet3D, UNetConfig
+from pipeline.model.preprocess import Preprocess, PreprocessConfig, extract, labels_to_grid
+from pipeline.reading.series import Acquisition, CTSeries, Geometry
+from pipeline.model.weights import WeightsFile, load_weights, new_uid, save_weights
 from synthetic_chest import make_chest
 
 SMALL = UNetConfig(channels=(4, 8, 8))
@@ -124,7 +124,7 @@ def test_cacnode_score_runs_the_model(tmp_path: Path, ct_series_dir: Path, capsy
 
 
 def test_background_bias_trades_detections_for_background(tmp_path: Path) -> None:
-    from pipeline.inference import classify
+    from pipeline.model.inference import classify
 
     logits = torch.zeros((N_CLASSES, 1, 2, 2))
     logits[2, 0, 0, 0] = 1.0  # LAD by a margin of 1
@@ -143,7 +143,7 @@ def test_bundled_model_scores_two_unseen_phantoms_like_their_truth() -> None:
     model card reports the whole range.  One heavily calcified case, one without
     calcium.
     """
-    from pipeline.scoring import ScoringProfile, risk_category, score_calcium
+    from pipeline.scoring.agatston import ScoringProfile, risk_category, score_calcium
     from training.cases import phantom_geometry
     from training.phantom.generate import generate_case
 

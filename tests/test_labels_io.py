@@ -16,12 +16,12 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_sr.seg import build_lesion_seg
-from pipeline.arteries import BY_NAME
+from pipeline.scoring.arteries import BY_NAME
 from pipeline.errors import LabelsError
-from pipeline.identity import REFERENCE_LABELS
-from pipeline.labels_io import read_labels, series_affine
-from pipeline.loader import load_series
-from pipeline.series import CTSeries
+from pipeline.model.identity import REFERENCE_LABELS
+from pipeline.reading.labels_io import read_labels, series_affine
+from pipeline.reading.loader import load_series
+from pipeline.reading.series import CTSeries
 from training.phantom.ct_writer import CTHeader, build_ct_datasets
 
 SHAPE = (12, 32, 40)
@@ -135,7 +135,7 @@ def test_segments_in_other_order_coded_only_by_sct(series, tmp_path, caplog):
         label_of=lambda name: f"Segment {name.lower()[::-1]}",  # labels that name no artery
         codes_of=lambda name: (None, codes.SCT.Heart) if name == "HEART" else (artery_code(name), CALCIFIED),
     )
-    with caplog.at_level(logging.WARNING, logger="pipeline.labels_io"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.reading.labels_io"):
         result = read_labels(save(seg, tmp_path / "sct.dcm"), series)
     assert np.array_equal(result, labels)
     assert "names no coronary artery" in caplog.text

@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from pipeline.errors import SeriesError
-from pipeline.loader import load_series, read_headers
+from pipeline.reading.loader import load_series, read_headers
 from tests.conftest import simple_hu_volume
 from training.phantom.ct_writer import CTHeader, build_ct_datasets, write_datasets
 
@@ -276,7 +276,7 @@ def test_truncated_and_foreign_files_are_skipped_with_a_warning(ct_series_dir, c
     (ct_series_dir / "cut.dcm").write_bytes(raw[: len(raw) // 2])  # cut in the pixel data
     (ct_series_dir / "header-only.dcm").write_bytes(raw[:300])  # cut in the header
     (ct_series_dir / "readme.txt").write_text("hello")
-    with caplog.at_level(logging.WARNING, logger="pipeline.loader"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.reading.loader"):
         series = load_series(ct_series_dir)
     assert np.array_equal(series.hu, simple_hu_volume())
     assert "readme.txt" in caplog.text and "cut.dcm" in caplog.text and "header-only.dcm" in caplog.text
@@ -289,7 +289,7 @@ def test_truncated_file_of_the_series_itself_is_a_gap_not_a_wrong_volume(ct_seri
     victim = by_position[len(by_position) // 2]
     raw = victim.read_bytes()
     victim.write_bytes(raw[: len(raw) - 100])
-    with caplog.at_level(logging.WARNING, logger="pipeline.loader"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.reading.loader"):
         message = error_of(ct_series_dir)
     assert "missing" in message
     assert "truncated" in caplog.text and victim.name in caplog.text

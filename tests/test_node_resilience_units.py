@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from cacnode.config import load_config
 from cacnode.settings import ConfigError
-from pipeline.loader import load_series, read_headers
+from pipeline.reading.loader import load_series, read_headers
 from scp.db import Database
 from scp.spool import InstanceKey, Spool, SpoolError
 
@@ -159,7 +159,7 @@ def _series_with_a_bad_top_slice(folder: Path, corrupt: str) -> tuple[str, str]:
 @pytest.mark.parametrize("corrupt", ["unknown-vr", "no-bits-allocated"])
 def test_unreadable_file_is_skipped_with_a_warning(tmp_path, caplog, corrupt):
     series_uid, name = _series_with_a_bad_top_slice(tmp_path / "series", corrupt)
-    with caplog.at_level(logging.WARNING, logger="pipeline.loader"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.reading.loader"):
         headers = read_headers(tmp_path / "series")[series_uid]
         for ds in headers:
             str(ds.ImageType)  # what eligibility reads

@@ -284,9 +284,9 @@ def test_images_in_acquisition_hint_is_read_only_when_usable():
 
 def test_reports_go_back_to_the_caller_only_when_configured():
     from dicom_sr.config import ReportConfig
-    from pipeline.eligibility import EligibilityRules
-    from pipeline.inference import ModelConfig
-    from pipeline.scoring import ScoringProfile
+    from pipeline.reading.eligibility import EligibilityRules
+    from pipeline.model.inference import ModelConfig
+    from pipeline.scoring.agatston import ScoringProfile
     from scp.config import Destination, StorageConfig
     from scp.db_schema import Job
     from scp.worker import WorkerSettings, destinations_for

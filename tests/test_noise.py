@@ -1,10 +1,10 @@
-"""The series noise estimate (``pipeline.noise``) on volumes with known noise."""
+"""The series noise estimate (``pipeline.model.noise``) on volumes with known noise."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.noise import noise_sd_hu
+from pipeline.model.noise import noise_sd_hu
 
 
 def _chest_like(sd: float, seed: int = 0) -> np.ndarray:

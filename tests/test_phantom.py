@@ -85,7 +85,7 @@ def test_dciodvfy_reports_no_errors(calcium_dir: Path) -> None:
 def test_cacnode_score_with_true_seg_reproduces_truth(
     calcium_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("pipeline.loader", reason="pipeline.loader (the LOADER helper's module) is not there yet")
+    pytest.importorskip("pipeline.reading.loader", reason="pipeline.reading.loader (the LOADER helper's module) is not there yet")
     truth = json.loads((calcium_dir / "truth.json").read_text())
     assert truth["total"]["agatston"] > 0
     capsys.readouterr()

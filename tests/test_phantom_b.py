@@ -12,10 +12,10 @@ from scipy import ndimage
 
 from cacnode.cli import main as cacnode_main
 from conftest import dcmtk
-from pipeline.labels_io import read_labels
-from pipeline.loader import load_series
-from pipeline.result import score_series, to_json
-from pipeline.scoring import ScoringProfile
+from pipeline.reading.labels_io import read_labels
+from pipeline.reading.loader import load_series
+from pipeline.scoring.result import score_series, to_json
+from pipeline.scoring.agatston import ScoringProfile
 from training.phantom_b import REVISION, physics
 from training.phantom_b.calcium import LABEL_MIN_RAISE_HU, Calcification, footprint
 from training.phantom_b.generate import PhantomBCase, generate_case, write_case

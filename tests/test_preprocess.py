@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.arteries import N_CLASSES
-from pipeline.candidates import labels_from_predictions
-from pipeline.heart import HeartLocatorSettings, locate_heart
-from pipeline.preprocess import (AIR_HU, N_INPUT_CHANNELS, CropBox, NormaliseIntensity, Preprocess,
+from pipeline.scoring.arteries import N_CLASSES
+from pipeline.model.candidates import labels_from_predictions
+from pipeline.model.heart import HeartLocatorSettings, locate_heart
+from pipeline.model.preprocess import (AIR_HU, N_INPUT_CHANNELS, CropBox, NormaliseIntensity, Preprocess,
                                  PreprocessConfig, extract, labels_to_grid)
 from synthetic_chest import make_chest
 
@@ -103,7 +103,7 @@ def test_distances_within_the_grown_box_equal_those_over_the_whole_volume(seed: 
     """The heart locator measures depth only inside the mask's box (one voxel larger where it can be)."""
     from scipy import ndimage
 
-    from pipeline.heart import _grown_box
+    from pipeline.model.heart import _grown_box
 
     rng = np.random.default_rng(seed)
     mask = ndimage.binary_opening(rng.random((12, 30, 26)) < 0.55, iterations=1)

@@ -14,10 +14,10 @@ from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 from dicom_sr.config import ReportConfig
 from dicom_sr.reader import ReportError, read_sr_scores
 from dicom_sr.writer import build_report, write_report_files
-from pipeline.identity import AlgorithmIdentity
-from pipeline.result import SeriesResult, score_series, to_json
-from pipeline.scoring import ScoringProfile
-from pipeline.series import Acquisition, CTSeries, Geometry
+from pipeline.model.identity import AlgorithmIdentity
+from pipeline.scoring.result import SeriesResult, score_series, to_json
+from pipeline.scoring.agatston import ScoringProfile
+from pipeline.reading.series import Acquisition, CTSeries, Geometry
 from training.phantom.ct_writer import CTHeader, build_ct_datasets
 
 IDENTITY = AlgorithmIdentity(name="cacnode-test-model", version="1.2.3", uid="2.25.1234567890123456789")

@@ -14,9 +14,9 @@ import pydicom
 import pytest
 
 from dicom_sr.seg import build_lesion_seg
-from pipeline.identity import REFERENCE_LABELS
-from pipeline.labels_io import series_affine
-from pipeline.loader import load_series
+from pipeline.model.identity import REFERENCE_LABELS
+from pipeline.reading.labels_io import series_affine
+from pipeline.reading.loader import load_series
 from training.phantom.ct_writer import CTHeader, build_ct_datasets, write_datasets
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.scoring import ScoringProfile, cac_drs, risk_category, score_calcium
+from pipeline.scoring.agatston import ScoringProfile, cac_drs, risk_category, score_calcium
 
 LM, LAD, LCX, RCA = 1, 2, 3, 4
 DEFAULT = ScoringProfile()

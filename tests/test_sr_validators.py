@@ -17,7 +17,7 @@ from test_report import IDENTITY, make_case
 
 from dicom_sr.config import ReportConfig
 from dicom_sr.writer import write_report_files
-from pipeline.scoring import ScoringProfile
+from pipeline.scoring.agatston import ScoringProfile
 
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 # report.md: without these limits lifted, current JDKs stop the validator's XPath.

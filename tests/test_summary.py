@@ -12,7 +12,7 @@ from test_report import IDENTITY, make_case
 from dicom_sr.config import ReportConfig
 from dicom_sr.summary import build_summary, render_summary
 from dicom_sr.summary_draw import ARTERY_COLOURS, calcium_per_slice, crop_box, key_slices, render_tile
-from pipeline.scoring import ScoringProfile
+from pipeline.scoring.agatston import ScoringProfile
 
 
 def test_key_slices_show_every_artery_then_the_most_calcium_spread_apart() -> None:

@@ -12,10 +12,10 @@ import pytest
 pytest.importorskip("pytorch_lightning")
 
 from evaluation.metrics import case_outcome, icc_absolute, summarise, weighted_kappa  # noqa: E402
-from pipeline.inference import Labeller, ModelConfig  # noqa: E402
-from pipeline.preprocess import Preprocess, PreprocessConfig  # noqa: E402
-from pipeline.scoring import ScoringProfile, score_calcium  # noqa: E402
-from pipeline.weights import load_weights  # noqa: E402
+from pipeline.model.inference import Labeller, ModelConfig  # noqa: E402
+from pipeline.model.preprocess import Preprocess, PreprocessConfig  # noqa: E402
+from pipeline.scoring.agatston import ScoringProfile, score_calcium  # noqa: E402
+from pipeline.model.weights import load_weights  # noqa: E402
 from synthetic_chest import make_chest  # noqa: E402
 from training.augment import Augmentation, full_case, training_sample  # noqa: E402
 from training.cases import TrainingCase, cache_case, load_cached  # noqa: E402
@@ -127,7 +127,7 @@ def test_one_epoch_run_exports_the_best_checkpoint(tmp_path: Path) -> None:
 
 def test_training_fits_the_lesion_classifier_after_the_network(tmp_path: Path) -> None:
     """[training] classifier cases: the exported file carries a fitted classifier that inference uses."""
-    from pipeline.candidate_classifier import ClassifierConfig
+    from pipeline.model.candidate_classifier import ClassifierConfig
     from training.calibrate import CLASSIFIER_BIASES, FAINT_BIASES
 
     config = tiny_config(tmp_path, batch_size=2, samples_per_epoch=4, classifier_epochs=2,

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from pipeline.arteries import N_CLASSES
-from pipeline.preprocess import AIR_HU, Preprocess, Prepared, extract, labels_to_grid, local_box
+from pipeline.scoring.arteries import N_CLASSES
+from pipeline.model.preprocess import AIR_HU, Preprocess, Prepared, extract, labels_to_grid, local_box
 from training.cases import CachedCase
 
 

@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evaluation.metrics import CaseOutcome, compare, score_truth, summarise
-from pipeline.inference import Labeller, ModelConfig, classify, grid_to_labels
-from pipeline.scoring import ScoringProfile
-from pipeline.weights import WeightsFile, load_weights, save_weights
+from pipeline.model.inference import Labeller, ModelConfig, classify, grid_to_labels
+from pipeline.scoring.agatston import ScoringProfile
+from pipeline.model.weights import WeightsFile, load_weights, save_weights
 from training.cases import CaseSource, phantoms
 from training.families import FAMILIES
 from training.module import selection

@@ -1,10 +1,10 @@
 """Training rows for the lesion classifier: the candidates of a case, their features, patches and truth.
 
-A case goes through exactly the inference path of ``pipeline.inference``
-(preprocessing, the trained network, ``pipeline.candidate_features``, the
-gate of ``pipeline.candidate_classifier``); only the candidates past the gate
+A case goes through exactly the inference path of ``pipeline.model.inference``
+(preprocessing, the trained network, ``pipeline.model.candidate_features``, the
+gate of ``pipeline.model.candidate_classifier``); only the candidates past the gate
 become rows, as only those reach the classifier.  The truth of a candidate is
-the artery labelling most of its voxels (``pipeline.candidates.majority_classes``,
+the artery labelling most of its voxels (``pipeline.model.candidates.majority_classes``,
 the majority rule on the truth labels).  The network that produced the
 probabilities must not have been trained on these cases, or its confidence
 would be that of training data, not of new scans: the phantom seeds used here
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.candidate_features import N_FEATURES, PATCH_CHANNELS, PATCH_SIDE, WIDE_CHANNELS, WIDE_SIDE
-from pipeline.candidates import majority_classes
-from pipeline.inference import ModelConfig, look_closer, run_network
-from pipeline.preprocess import Preprocess, extract
-from pipeline.weights import WeightsFile
+from pipeline.model.candidate_features import N_FEATURES, PATCH_CHANNELS, PATCH_SIDE, WIDE_CHANNELS, WIDE_SIDE
+from pipeline.model.candidates import majority_classes
+from pipeline.model.inference import ModelConfig, look_closer, run_network
+from pipeline.model.preprocess import Preprocess, extract
+from pipeline.model.weights import WeightsFile
 from training.cases import CaseSource, preprocess_tag
 
 log = logging.getLogger(__name__)

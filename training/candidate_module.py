@@ -1,4 +1,4 @@
-"""LightningModule and fit for the lesion classifier (``pipeline.candidate_classifier``).
+"""LightningModule and fit for the lesion classifier (``pipeline.model.candidate_classifier``).
 
 The rows are every candidate lesion of the fitting cases
 (``training.candidate_data``): thousands of bone, distractor and noise
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
-from pipeline.candidate_classifier import CandidateClassifier, ClassifierConfig
-from pipeline.candidate_features import FEATURE_NAMES
-from pipeline.weights import ClassifierWeights
+from pipeline.model.candidate_classifier import CandidateClassifier, ClassifierConfig
+from pipeline.model.candidate_features import FEATURE_NAMES
+from pipeline.model.weights import ClassifierWeights
 from training.candidate_data import CandidateRows
 
 log = logging.getLogger(__name__)

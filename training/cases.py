@@ -1,7 +1,7 @@
 """Training cases: where they come from (phantoms, a hospital's CSV) and their on-disk cache.
 
 Each case is preprocessed once: the heart is located with the same transforms
-as at inference (``pipeline.preprocess``) and a crop 1.3 times the network's
+as at inference (``pipeline.model.preprocess``) and a crop 1.3 times the network's
 crop is cached as an ``.npz`` (HU as int16, labels as uint8).  The margin lets
 the data module jitter scale and centre per sample without touching the full
 volume again, so an epoch costs only the network.
@@ -22,10 +22,10 @@ from typing import Protocol
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pipeline.arteries import ARTERY_NAMES
-from pipeline.heart import HeartLocation
-from pipeline.preprocess import AIR_HU, CropAroundHeart, Preprocess, PreprocessConfig, extract
-from pipeline.scoring import ScoringProfile, score_calcium
+from pipeline.scoring.arteries import ARTERY_NAMES
+from pipeline.model.heart import HeartLocation
+from pipeline.model.preprocess import AIR_HU, CropAroundHeart, Preprocess, PreprocessConfig, extract
+from pipeline.scoring.agatston import ScoringProfile, score_calcium
 from training.families import FAMILIES, Family, generate, revision, split_across
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ class HospitalSource:
         return "site-" + hashlib.sha1(str(self.series_dir.resolve()).encode()).hexdigest()[:12]
 
     def load(self) -> TrainingCase:
-        from pipeline.labels_io import read_labels
-        from pipeline.loader import load_series
+        from pipeline.reading.labels_io import read_labels
+        from pipeline.reading.loader import load_series
 
         series = load_series(self.series_dir)
         labels = read_labels(self.labels, series)

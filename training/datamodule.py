@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.preprocess import Preprocess
+from pipeline.model.preprocess import Preprocess
 from training.augment import Augmentation, FullCase, full_case, training_sample
 from training.cases import (CachedCase, CaseSource, HospitalSource, PhantomSource, cache_case, load_cached,
                             phantoms, read_hospital_csv)

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from evaluation.metrics import CaseOutcome, case_outcome, summarise
-from pipeline.inference import Labeller, ModelConfig
-from pipeline.scoring import ScoringProfile
-from pipeline.weights import load_weights, save_weights
+from pipeline.model.inference import Labeller, ModelConfig
+from pipeline.scoring.agatston import ScoringProfile
+from pipeline.model.weights import load_weights, save_weights
 from training.cases import phantom_geometry
 from training.families import FAMILIES, Family, generate, revision
 

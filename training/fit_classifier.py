@@ -4,7 +4,7 @@ Usage::
 
     python -m training.fit_classifier models/cacnode-v1.pt --first-seed 60000 --n 1600 --hard-ostia 400 --version 1.3.0
 
-The network stays as it is; the classifier (``pipeline.candidate_classifier``)
+The network stays as it is; the classifier (``pipeline.model.candidate_classifier``)
 is fitted on the candidates of phantoms ``first-seed ..`` run through the
 network (``training.candidate_data``) and stored in the file with a fresh
 UID (the model changed).  Figures measured on the previous model are dropped;
@@ -21,9 +21,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.candidate_classifier import ClassifierConfig
-from pipeline.candidate_features import WIDE_CHANNELS
-from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
+from pipeline.model.candidate_classifier import ClassifierConfig
+from pipeline.model.candidate_features import WIDE_CHANNELS
+from pipeline.model.weights import WeightsFile, load_weights, new_uid, save_weights
 from training.candidate_data import collect_rows
 from training.candidate_module import fit_classifier
 from training.cases import CaseSource, PhantomSource, phantoms

@@ -1,8 +1,8 @@
-"""LightningModule: trains ``pipeline.model.UNet3D`` and validates on scored results.
+"""LightningModule: trains ``pipeline.model.unet.UNet3D`` and validates on scored results.
 
 The loss copes with a few calcified cells among millions: the network only
 has to decide *which candidate cells are coronary calcium of which artery*
-(the labels come from candidates at inference, ``pipeline.candidates``), so
+(the labels come from candidates at inference, ``pipeline.model.candidates``), so
 a class-balanced cross-entropy is taken over candidate cells (any voxel >= 130 HU),
 coronary and other candidates averaged separately, plus a small-weight term over all cells
 that keeps the output calm elsewhere.
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.metrics import CaseOutcome, case_outcome, summarise
-from pipeline.inference import grid_to_labels
-from pipeline.model import UNet3D, UNetConfig
-from pipeline.scoring import ScoringProfile
+from pipeline.model.inference import grid_to_labels
+from pipeline.model.unet import UNet3D, UNetConfig
+from pipeline.scoring.agatston import ScoringProfile
 from training.augment import FullCase
 
 _OUTCOME_FIELDS = ("true_total", "pred_total", "right_artery", "detected", "lesions", "lesions_found",

@@ -21,11 +21,11 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from pipeline.candidate_classifier import ClassifierConfig
-from pipeline.inference import Labeller, ModelConfig
-from pipeline.model import UNetConfig
-from pipeline.preprocess import PreprocessConfig, Preprocess
-from pipeline.weights import WeightsFile, load_weights, new_uid, save_weights
+from pipeline.model.candidate_classifier import ClassifierConfig
+from pipeline.model.inference import Labeller, ModelConfig
+from pipeline.model.unet import UNetConfig
+from pipeline.model.preprocess import PreprocessConfig, Preprocess
+from pipeline.model.weights import WeightsFile, load_weights, new_uid, save_weights
 from training.calibrate import calibrate, with_best_bias
 from training.cases import CaseSource, HospitalSource, phantoms
 from training.config import TrainingConfig

@@ -1,6 +1,6 @@
 """Coronary artery centrelines on the heart surface, and the plaques and distractors placed around them.
 
-The four scored arteries (``pipeline.arteries``) run in epicardial fat just
+The four scored arteries (``pipeline.scoring.arteries``) run in epicardial fat just
 outside the ventricle ellipsoid: the left main from the left ostium to its
 bifurcation, the LAD down the anterior interventricular groove to the apex,
 the LCX round the left atrioventricular groove, the RCA round the right
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.arteries import BY_NAME
+from pipeline.scoring.arteries import BY_NAME
 from training.phantom.anatomy import STERNUM_SEMI_MM, VERTEBRA_WIDTH, HeartFrame, Thorax, sternum_y
 from training.phantom.params import BodyParams, HeartParams, PhantomParams
 

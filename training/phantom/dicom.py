@@ -14,8 +14,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_sr.seg import build_lesion_seg
-from pipeline.identity import REFERENCE_LABELS, AlgorithmIdentity
-from pipeline.series import Acquisition, CTSeries, Geometry
+from pipeline.model.identity import REFERENCE_LABELS, AlgorithmIdentity
+from pipeline.reading.series import Acquisition, CTSeries, Geometry
 from training.phantom.ct_writer import CTHeader
 from training.phantom.params import PhantomParams
 
@@ -83,7 +83,7 @@ def file_names(params: PhantomParams, datasets: Sequence[Dataset]) -> list[str]:
 
 
 def series_from_datasets(hu: np.ndarray, ascending: Sequence[Dataset]) -> CTSeries:
-    """A CTSeries built directly (used only when ``pipeline.loader`` is not available)."""
+    """A CTSeries built directly (used only when ``pipeline.reading.loader`` is not available)."""
     first = ascending[0]
     positions = tuple(tuple(float(v) for v in ds.ImagePositionPatient) for ds in ascending)
     zs = np.array([p[2] for p in positions])

@@ -30,9 +30,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from pipeline.result import score_series, to_json
-from pipeline.scoring import ScoringProfile
-from pipeline.series import CTSeries
+from pipeline.scoring.result import score_series, to_json
+from pipeline.scoring.agatston import ScoringProfile
+from pipeline.reading.series import CTSeries
 from training.phantom import anatomy, coronary, physics
 from training.phantom.ct_writer import build_ct_datasets, write_datasets
 from training.phantom.dicom import case_header, file_names, truth_seg
@@ -204,9 +204,9 @@ def case_seg(case: PhantomCase) -> Dataset | None:
 
 
 def _series(hu: np.ndarray, ascending: list[Dataset]) -> CTSeries:
-    """The series as the node sees it: through ``pipeline.loader`` when it exists."""
+    """The series as the node sees it: through ``pipeline.reading.loader`` when it exists."""
     try:
-        from pipeline.loader import load_series
+        from pipeline.reading.loader import load_series
     except ImportError:
         from training.phantom.dicom import series_from_datasets
 

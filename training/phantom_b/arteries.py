@@ -10,7 +10,7 @@ the distances to ventricles and atria are.  Branches (diagonals, marginals,
 ramus, acute marginal) are straight lines in ``(s, phi)`` with a wiggle:
 geodesic-like paths over the free walls.
 
-Labels (``pipeline.arteries``): LM 1; LAD and diagonals 2; LCX, obtuse
+Labels (``pipeline.scoring.arteries``): LM 1; LAD and diagonals 2; LCX, obtuse
 marginals and ramus intermedius 3; RCA and acute marginal 4; the posterior
 descending and posterolateral arteries belong to the dominant artery (both
 RCA in a right-dominant tree, both LCX in a left-dominant one; in a
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.arteries import BY_NAME
+from pipeline.scoring.arteries import BY_NAME
 from training.phantom_b.heart import HeartModel
 from training.phantom_b.params import Tree
 from training.phantom_b.sdf import Tube, arc_length, resample

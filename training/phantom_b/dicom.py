@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicom_sr.seg import build_lesion_seg
-from pipeline.identity import REFERENCE_LABELS, AlgorithmIdentity
+from pipeline.model.identity import REFERENCE_LABELS, AlgorithmIdentity
 from training.phantom.ct_writer import CTHeader
 from training.phantom_b.geometry import Grid
 from training.phantom_b.params import CaseParams

@@ -1,11 +1,11 @@
 """The lesion classifier: a candidate's features and image patch -> background or one of the four arteries.
 
-The second stage of the model (the first is ``pipeline.model.UNet3D``), the
+The second stage of the model (the first is ``pipeline.model.unet.UNet3D``), the
 classic two-stage design of automatic calcium scoring: the network marks
 where coronary calcium may be on its 1.4 mm grid, then each candidate lesion
 gets a closer look at native resolution.  These branches are joined:
 
-- a small MLP over the feature rows of ``pipeline.candidate_features``
+- a small MLP over the feature rows of ``pipeline.model.candidate_features``
   (network probabilities, size, density, position, surroundings); the
   standardisation of the features is part of the module (buffers), so the
   weights file alone rebuilds it;
@@ -42,11 +42,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.arteries import N_CLASSES
-from pipeline.candidate_features import N_FEATURES, PATCH_CHANNELS, area_and_peak
+from pipeline.scoring.arteries import N_CLASSES
+from pipeline.model.candidate_features import N_FEATURES, PATCH_CHANNELS, area_and_peak
 
 # Faint candidates: under 3 mm^2 and peaking under 170 HU (density weight 1, so at most 3 Agatston
-# each), in a noisy series (``pipeline.noise``; chosen on development phantoms 62000-62399, model card).
+# each), in a noisy series (``pipeline.model.noise``; chosen on development phantoms 62000-62399, model card).
 FAINT_AREA_MM2 = 3.0
 FAINT_PEAK_HU = 170.0
 FAINT_NOISE_SD_HU = 27.0
@@ -135,7 +135,7 @@ def decide(logits: torch.Tensor, background_bias: float, faint: torch.Tensor | N
 
 def faint(features: np.ndarray, noise_sd_hu: float, peak_slope: float = 0.0) -> np.ndarray:
     """Boolean per feature row: the candidate is under ``FAINT_AREA_MM2`` and peaks under the faint limit,
-    and its series' noise SD (``pipeline.noise.noise_sd_hu``) is at least ``FAINT_NOISE_SD_HU``.
+    and its series' noise SD (``pipeline.model.noise.noise_sd_hu``) is at least ``FAINT_NOISE_SD_HU``.
 
     The limit is ``FAINT_PEAK_HU`` plus ``peak_slope`` HU per HU of noise SD over ``FAINT_NOISE_SD_HU``.
     """

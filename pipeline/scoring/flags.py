@@ -8,7 +8,7 @@ stable identifiers for scripts; :data:`FLAG_TEXT` gives the sentence for people.
 
 from __future__ import annotations
 
-from pipeline.series import Acquisition, Geometry
+from pipeline.reading.series import Acquisition, Geometry
 
 NOT_120_KVP = "kvp-not-120"
 KVP_UNKNOWN = "kvp-unknown"

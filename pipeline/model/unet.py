@@ -2,7 +2,7 @@
 
 A plain ``nn.Module`` and its frozen config, importable without Lightning
 (``training.module`` wraps it).  The input is the output of
-``pipeline.preprocess`` (z, grid, grid) with native slices: the first pooling
+``pipeline.model.preprocess`` (z, grid, grid) with native slices: the first pooling
 is in-plane only because slices (2.5-3 mm) are about twice as thick as the
 1.4 mm cells, so the first level works on roughly isotropic context.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.arteries import N_CLASSES
-from pipeline.preprocess import N_INPUT_CHANNELS
+from pipeline.scoring.arteries import N_CLASSES
+from pipeline.model.preprocess import N_INPUT_CHANNELS
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Only this module reads image files.  Steps: read, group by Series Instance
 UID, pick one series, check the headers (CT, single frame, one size, one pixel
 spacing, one orientation, axial), sort along the slice normal
-(:mod:`pipeline.stacking`), decode every slice and apply its own Rescale
+(:mod:`pipeline.reading.stacking`), decode every slice and apply its own Rescale
 Slope/Intercept (PS3.3 C.11.1.1.2) into a float32 HU volume.
 
 Why not :func:`highdicom.get_volume_from_series`: it raises a bare
@@ -31,8 +31,8 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pipeline.errors import SeriesError
-from pipeline.series import Acquisition, CTSeries, Geometry
-from pipeline.stacking import StackError, check_orientations, obliquity_degrees, plane_name, sort_stack
+from pipeline.reading.series import Acquisition, CTSeries, Geometry
+from pipeline.reading.stacking import StackError, check_orientations, obliquity_degrees, plane_name, sort_stack
 
 logger = logging.getLogger(__name__)
 

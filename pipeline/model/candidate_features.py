@@ -5,7 +5,7 @@ A candidate is a 2-D connected component of ``hu >= threshold`` within a slice
 alone decide a candidate poorly: on the 1.4 mm grid a coronary plaque, an
 aortic-wall or mitral-annulus calcification next to it and a rib tip can share
 cells.  So each candidate gets a short feature vector that a small classifier
-(``pipeline.candidate_classifier``) turns into background or an artery:
+(``pipeline.model.candidate_classifier``) turns into background or an artery:
 
 - the network's opinion: mean softmax of its voxels' cells (5) and the highest
   coronary probability among them;
@@ -23,7 +23,7 @@ cells.  So each candidate gets a short feature vector that a small classifier
   all face the same way, so "the aorta is to the right of it" is learnable;
   it tells an aortic-wall calcification from a left-main plaque a few mm away.
 
-Everything is computed on the heart crop (``pipeline.preprocess.extract``), so
+Everything is computed on the heart crop (``pipeline.model.preprocess.extract``), so
 training (cached crops) and inference (whole series) see the same numbers.
 Two steps: ``map_candidates`` finds the candidates and what their HU says of
 them (inference runs it while the network runs), ``describe_candidates`` adds
@@ -39,10 +39,10 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.arteries import N_CLASSES
-from pipeline.preprocess import CropBox, cell_index
-from pipeline.scoring import in_plane_structure
-from pipeline.sparse import flat_nonzero
+from pipeline.scoring.arteries import N_CLASSES
+from pipeline.model.preprocess import CropBox, cell_index
+from pipeline.scoring.agatston import in_plane_structure
+from pipeline.scoring.sparse import flat_nonzero
 
 FEATURE_NAMES: tuple[str, ...] = (
     "p_background", "p_lm", "p_lad", "p_lcx", "p_rca", "p_coronary_max",
@@ -116,7 +116,7 @@ class CandidateMap:
     """The candidates of one heart crop as its HU alone gives them (``map_candidates``).
 
     Nothing here needs the network, so inference finds the candidates while
-    the network runs (``pipeline.inference``); ``describe_candidates`` adds
+    the network runs (``pipeline.model.inference``); ``describe_candidates`` adds
     the network's opinion and the features that are only worth computing past
     the gate.
     """

@@ -14,7 +14,7 @@ implements exactly:
 4. every other voxel is 0.
 
 The label map therefore marks only voxels at or above the threshold; scoring
-(``pipeline.scoring``) then applies the definition unchanged.
+(``pipeline.scoring.agatston``) then applies the definition unchanged.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from pipeline.arteries import N_CLASSES
-from pipeline.scoring import in_plane_structure
+from pipeline.scoring.arteries import N_CLASSES
+from pipeline.scoring.agatston import in_plane_structure
 
 
 def labels_from_predictions(

@@ -1,17 +1,17 @@
 """Model inference: CT series in, artery label map out (config section ``[model]``).
 
-``Labeller.load`` reads the self-describing weights file (``pipeline.weights``)
+``Labeller.load`` reads the self-describing weights file (``pipeline.model.weights``)
 and rebuilds the exact preprocessing the model was trained with
-(``pipeline.preprocess``); ``predict`` runs preprocessing and the network on the
+(``pipeline.model.preprocess``); ``predict`` runs preprocessing and the network on the
 heart crop, then decides each candidate lesion (2-D component of
 ``hu >= candidate_threshold_hu``, calcium-scoring.md; the candidates are found
 from the HU in a thread while the network runs, ``survey_crop``):
 
 - with a lesion classifier in the weights file (the bundled one has it), from
-  the candidate's features (``pipeline.candidate_features``: the network's
+  the candidate's features (``pipeline.model.candidate_features``: the network's
   probabilities, size, density, position and surroundings) by
-  ``pipeline.candidate_classifier``;
-- without one, by the majority rule of ``pipeline.candidates`` on the
+  ``pipeline.model.candidate_classifier``;
+- without one, by the majority rule of ``pipeline.model.candidates`` on the
   network's cell classes.
 
 Runs on the GPU when one is present (``device = "auto"``), otherwise on the CPU.
@@ -28,17 +28,17 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pipeline.candidate_classifier import CandidateClassifier, decide, faint
-from pipeline.candidate_features import (CandidateMap, Candidates, candidate_patches, describe_candidates,
+from pipeline.model.candidate_classifier import CandidateClassifier, decide, faint
+from pipeline.model.candidate_features import (CandidateMap, Candidates, candidate_patches, describe_candidates,
                                          map_candidates, network_opinion, past_the_gate, wide_patches)
-from pipeline.candidates import labels_from_predictions
+from pipeline.model.candidates import labels_from_predictions
 from pipeline.errors import ModelError
-from pipeline.identity import AlgorithmIdentity
-from pipeline.model import UNet3D
-from pipeline.noise import noise_sd_hu
-from pipeline.preprocess import AIR_HU, CropBox, Prepared, Preprocess, cell_index, extract, insert, local_box
-from pipeline.series import CTSeries
-from pipeline.weights import WeightsFile, load_weights
+from pipeline.model.identity import AlgorithmIdentity
+from pipeline.model.unet import UNet3D
+from pipeline.model.noise import noise_sd_hu
+from pipeline.model.preprocess import AIR_HU, CropBox, Prepared, Preprocess, cell_index, extract, insert, local_box
+from pipeline.reading.series import CTSeries
+from pipeline.model.weights import WeightsFile, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class CandidateDecisions:
     candidates: Candidates
     looked_at: np.ndarray  # 0-based indices of the candidates past the gate
     logits: torch.Tensor  # (len(looked_at), n_classes)
-    noise_sd_hu: float  # of the heart crop (``pipeline.noise``)
+    noise_sd_hu: float  # of the heart crop (``pipeline.model.noise``)
     faint_peak_slope: float = 0.0  # the weights file's (``candidate_classifier.faint``)
 
     def classes(self, background_bias: float, faint_bias: float = 0.0) -> np.ndarray:
@@ -212,7 +212,7 @@ class LookedAt:
     indices: np.ndarray  # 0-based indices of the candidates past the gate
     patches: np.ndarray  # float32 (len(indices), PATCH_CHANNELS, side, side)
     wide: np.ndarray | None  # float32 (len(indices), WIDE_CHANNELS, wide side, wide side), None when not asked for
-    noise_sd_hu: float  # of the heart crop (``pipeline.noise``)
+    noise_sd_hu: float  # of the heart crop (``pipeline.model.noise``)
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ class CropSurvey:
 
     hu_crop: np.ndarray  # ``extract`` of the volume with the prepared box (air outside the image)
     candidates: CandidateMap
-    noise_sd_hu: float  # ``pipeline.noise``
+    noise_sd_hu: float  # ``pipeline.model.noise``
 
 
 def survey_crop(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], increment_mm: float,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from pipeline.stacking import StackError, obliquity_degrees, plane_name
+from pipeline.reading.stacking import StackError, obliquity_degrees, plane_name
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from pipeline.arteries import ARTERIES
-from pipeline.sparse import flat_nonzero
+from pipeline.scoring.arteries import ARTERIES
+from pipeline.scoring.sparse import flat_nonzero
 
 # Area comparisons tolerate float rounding of n_pixels * row * col (e.g. 100 px
 # at 0.1 mm is 1.0000000000000002 mm2): a component exactly at the limit is kept.

@@ -7,8 +7,8 @@ so opening a file never runs code from it):
 - ``name``, ``version``, ``uid``: the algorithm identity written into reports
   (TID 4019 Algorithm Identification); the UID is a fresh ``2.25`` UUID-derived
   UID (PS3.5 B.2) for every training run, so two trainings never share one;
-- ``model``: the :class:`~pipeline.model.UNetConfig` arguments;
-- ``preprocess``: the :class:`~pipeline.preprocess.PreprocessConfig` arguments;
+- ``model``: the :class:`~pipeline.model.unet.UNetConfig` arguments;
+- ``preprocess``: the :class:`~pipeline.model.preprocess.PreprocessConfig` arguments;
 - ``state_dict``: the weights (float32);
 - ``background_bias``: added to the background logit before the argmax at
   inference (0 = plain argmax); chosen on validation phantoms after training
@@ -16,7 +16,7 @@ so opening a file never runs code from it):
 - ``training``: what the model was trained on and how (free-form, JSON-like);
 - ``validation``: the figures measured on held-out data (JSON-like);
 - ``classifier`` (optional): the second stage, the lesion classifier of
-  ``pipeline.candidate_classifier`` -- its arguments, weights (with the
+  ``pipeline.model.candidate_classifier`` -- its arguments, weights (with the
   feature standardisation), its own background bias (and the extra one for
   faint candidates, ``faint_bias``) and how it was fitted.
   Without it, inference uses the plain candidate majority rule.
@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
-from pipeline.candidate_classifier import FAINT_PEAK_SLOPE, CandidateClassifier, ClassifierConfig
+from pipeline.model.candidate_classifier import FAINT_PEAK_SLOPE, CandidateClassifier, ClassifierConfig
 from pipeline.errors import ModelError
-from pipeline.heart import HeartLocatorSettings
-from pipeline.identity import AlgorithmIdentity
-from pipeline.model import UNet3D, UNetConfig
-from pipeline.preprocess import PreprocessConfig
+from pipeline.model.heart import HeartLocatorSettings
+from pipeline.model.identity import AlgorithmIdentity
+from pipeline.model.unet import UNet3D, UNetConfig
+from pipeline.model.preprocess import PreprocessConfig
 
 FORMAT = "cacnode-weights/1"
 

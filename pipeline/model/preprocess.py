@@ -3,12 +3,12 @@
 MONAI-style transforms: every parameter is fixed in ``__init__`` (from
 :class:`PreprocessConfig`, which the weights file stores), ``__call__`` is pure.
 :class:`Preprocess` chains them and is the only entry point that training
-(``training.datamodule``) and inference (``pipeline.inference``) use, so the two
+(``training.datamodule``) and inference (``pipeline.model.inference``) use, so the two
 cannot drift:
 
 1. HU volume (the loader has applied Rescale Slope/Intercept per slice, PS3.3 C.11.1.1.2);
 2. :class:`LocateHeart`: slices outside the heart are removed and the heart centre
-   found (``pipeline.heart``, a classical localiser);
+   found (``pipeline.model.heart``, a classical localiser);
 3. :class:`CropAroundHeart`: a square of ``crop_mm`` centred on the heart, padded with air;
 4. :class:`ToGrid`: the crop resampled in-plane to ``grid x grid`` cells (~1.4 mm),
    slices kept native; per cell the mean HU, the peak HU and whether any voxel is
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.heart import HeartLocation, HeartLocatorSettings, locate_heart
-from pipeline.sparse import flat_nonzero
+from pipeline.model.heart import HeartLocation, HeartLocatorSettings, locate_heart
+from pipeline.scoring.sparse import flat_nonzero
 
 N_INPUT_CHANNELS = 6  # mean HU, peak HU, candidate, z, row, column
 AIR_HU = -1000.0

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.arteries import ARTERY_NAMES
-from pipeline.flags import deviation_flags
-from pipeline.scoring import ArteryScore, CalciumScore, ScoringProfile, score_calcium
-from pipeline.series import CTSeries
+from pipeline.scoring.arteries import ARTERY_NAMES
+from pipeline.scoring.flags import deviation_flags
+from pipeline.scoring.agatston import ArteryScore, CalciumScore, ScoringProfile, score_calcium
+from pipeline.reading.series import CTSeries
 
 
 @dataclass(frozen=True)

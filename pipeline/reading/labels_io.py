@@ -27,9 +27,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import SegmentationStorage
 
-from pipeline.arteries import ARTERIES, BY_CODE, BY_NAME, Artery
+from pipeline.scoring.arteries import ARTERIES, BY_CODE, BY_NAME, Artery
 from pipeline.errors import LabelsError
-from pipeline.series import CTSeries
+from pipeline.reading.series import CTSeries
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The model: preprocessing and heart localisation, the network, the lesion classifier, weights and inference."""
