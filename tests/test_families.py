@@ -49,3 +49,29 @@ def test_families_must_be_named_once_each(families: tuple[str, ...]) -> None:
 
 def test_phantoms_default_to_family_a() -> None:
     assert {s.family for s in phantoms(0, 3)} == {"a"}
+
+
+def test_export_writes_a_stopped_runs_network_under_its_uid(tmp_path) -> None:
+    """A run stopped after its network stage: its checkpoint becomes a weights file the classifier step can finish."""
+    import torch
+
+    from pipeline.model.unet import UNet3D, UNetConfig
+    from pipeline.model.weights import load_weights, save_weights
+    from training.export import export_network
+
+    net = UNet3D(UNetConfig(channels=(4, 8, 8)))
+    checkpoint = tmp_path / "run-uid" / "best-epoch=3.ckpt"
+    checkpoint.parent.mkdir()
+    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}, checkpoint)
+    config = tmp_path / "run.toml"
+    config.write_text('[training]\nname = "n"\nversion = "9.9.9"\nfamilies = ["b"]\nchannels = [4, 8, 8]\n'
+                      "grid = 32\npatch_cells = 24\npatch_slices = 8\n")
+    weights = export_network(checkpoint, config, "2.25.1234")
+    save_weights(weights, tmp_path / "w.pt")
+    loaded = load_weights(tmp_path / "w.pt")
+    assert (loaded.uid, loaded.version, loaded.model.channels, loaded.preprocess.grid) == ("2.25.1234", "9.9.9",
+                                                                                          (4, 8, 8), 32)
+    assert loaded.network_uid == "2.25.1234" and loaded.classifier is None
+    assert loaded.training["epoch"] == 3 and loaded.training["families"] == ["b"]
+    for name, value in net.state_dict().items():
+        assert torch.equal(loaded.state_dict[name], value), name
