@@ -112,13 +112,21 @@ def truth_seg(labels: np.ndarray, ascending: Sequence[Dataset], params: PhantomP
     """The true labels as a DICOM SEG on the series, with UIDs and dates fixed by the seed."""
     seg = build_lesion_seg(labels, ascending, PHANTOM_IDENTITY, series_number=90,
                            series_description="True coronary calcium")
-    sop = uid(params, "seg", "instance")
+    return pin_seg_identity(seg, ascending, lambda *parts: uid(params, *parts))
+
+
+def pin_seg_identity(seg: Dataset, ascending: Sequence[Dataset], uid_of: Callable[..., str]) -> Dataset:
+    """``seg`` with the UIDs and dates highdicom drew fresh replaced by ``uid_of(*parts)`` and the series' date.
+
+    A phantom's files must be a pure function of its seed (caches and tests compare bytes).
+    """
+    sop = uid_of("seg", "instance")
     seg.SOPInstanceUID = sop
     seg.file_meta.MediaStorageSOPInstanceUID = sop
-    seg.SeriesInstanceUID = uid(params, "seg", "series")
+    seg.SeriesInstanceUID = uid_of("seg", "series")
     for i, item in enumerate(seg.SegmentSequence):
         if "TrackingUID" in item:
-            item.TrackingUID = uid(params, "seg", "tracking", i)
+            item.TrackingUID = uid_of("seg", "tracking", i)
     date, time = str(ascending[0].StudyDate), str(ascending[0].StudyTime)
     for keyword in ("ContentDate", "SeriesDate", "InstanceCreationDate"):
         if keyword in seg:
@@ -130,7 +138,7 @@ def truth_seg(labels: np.ndarray, ascending: Sequence[Dataset], params: PhantomP
         if "ContributionDateTime" in item:
             item.ContributionDateTime = date + time
     if "DimensionOrganizationSequence" in seg:
-        dim_uid = uid(params, "seg", "dimension")
+        dim_uid = uid_of("seg", "dimension")
         seg.DimensionOrganizationSequence[0].DimensionOrganizationUID = dim_uid
         for item in seg.DimensionIndexSequence:
             item.DimensionOrganizationUID = dim_uid

@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from dicom_sr.seg import build_lesion_seg
 from pipeline.model.identity import REFERENCE_LABELS, AlgorithmIdentity
+from training.phantom.dicom import pin_seg_identity
 from training.phantom.ct_writer import CTHeader
 from training.phantom_b.geometry import Grid
 from training.phantom_b.params import CaseParams
@@ -90,32 +91,7 @@ def file_names(seed: int, datasets: Sequence[Dataset]) -> list[str]:
 
 
 def truth_seg(labels: np.ndarray, ascending: Sequence[Dataset], seed: int) -> Dataset:
-    """The true labels as a DICOM SEG on the series, with UIDs and dates fixed by the seed.
-
-    highdicom draws fresh UIDs and stamps the current time; both are replaced.
-    """
+    """The true labels as a DICOM SEG on the series, with UIDs and dates fixed by the seed."""
     seg = build_lesion_seg(labels, ascending, TRUTH_IDENTITY, series_number=91,
                            series_description="True coronary calcium")
-    sop = uid(seed, "seg", "instance")
-    seg.SOPInstanceUID = sop
-    seg.file_meta.MediaStorageSOPInstanceUID = sop
-    seg.SeriesInstanceUID = uid(seed, "seg", "series")
-    for i, item in enumerate(seg.SegmentSequence):
-        if "TrackingUID" in item:
-            item.TrackingUID = uid(seed, "seg", "tracking", i)
-    date, time = str(ascending[0].StudyDate), str(ascending[0].StudyTime)
-    for keyword in ("ContentDate", "SeriesDate", "InstanceCreationDate"):
-        if keyword in seg:
-            setattr(seg, keyword, date)
-    for keyword in ("ContentTime", "SeriesTime", "InstanceCreationTime"):
-        if keyword in seg:
-            setattr(seg, keyword, time)
-    for item in seg.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in item:
-            item.ContributionDateTime = date + time
-    if "DimensionOrganizationSequence" in seg:
-        dim_uid = uid(seed, "seg", "dimension")
-        seg.DimensionOrganizationSequence[0].DimensionOrganizationUID = dim_uid
-        for item in seg.DimensionIndexSequence:
-            item.DimensionOrganizationUID = dim_uid
-    return seg
+    return pin_seg_identity(seg, ascending, lambda *parts: uid(seed, *parts))
