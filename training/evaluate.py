@@ -64,19 +64,25 @@ def evaluate_seed(family: Family, seed: int, shifted: bool) -> list[tuple[CaseOu
 
 
 def evaluate(weights: tuple[Path, ...], family: Family, seeds: range, *, shifted: bool = False,
-             device: str = "cpu", workers: int = 1) -> list[list[tuple[CaseOutcome, float]]]:
-    """Per seed, per weights file: the outcome and model seconds (printed one line per seed as they come)."""
+             device: str = "cpu", workers: int = 1,
+             cases_out: Path | None = None) -> list[list[tuple[CaseOutcome, float]]]:
+    """Per seed, per weights file: the outcome and model seconds (printed one line per seed as they come,
+    and appended to ``cases_out`` as JSON lines when given)."""
     if workers <= 1:
         _load_labellers(weights, device, 0)
         results = map(evaluate_seed, [family] * len(seeds), seeds, [shifted] * len(seeds))
-        return [_printed(family, seed, shifted, r) for seed, r in zip(seeds, results)]
+        return [_printed(family, seed, shifted, r, cases_out) for seed, r in zip(seeds, results)]
     with ProcessPoolExecutor(workers, initializer=_load_labellers, initargs=(weights, device, 1)) as pool:
         results = pool.map(evaluate_seed, [family] * len(seeds), seeds, [shifted] * len(seeds))
-        return [_printed(family, seed, shifted, r) for seed, r in zip(seeds, results)]
+        return [_printed(family, seed, shifted, r, cases_out) for seed, r in zip(seeds, results)]
 
 
-def _printed(family: Family, seed: int, shifted: bool,
-             per_weights: list[tuple[CaseOutcome, float]]) -> list[tuple[CaseOutcome, float]]:
+def _printed(family: Family, seed: int, shifted: bool, per_weights: list[tuple[CaseOutcome, float]],
+             cases_out: Path | None = None) -> list[tuple[CaseOutcome, float]]:
+    if cases_out is not None:  # one JSON line per case as it comes: a run stopped early still has its cases
+        with open(cases_out, "a") as fh:
+            fh.write(json.dumps({"family": family, "seed": seed,
+                                 "outcomes": [dataclasses.asdict(o) for o, _ in per_weights]}) + "\n")
     columns = "  |  ".join(f"predicted {o.pred_total:8.1f} lesions {o.lesions_found}/{o.lesions} fp {o.false_positives}"
                            for o, _ in per_weights)
     truth = per_weights[0][0].true_total if per_weights else math.nan
@@ -102,13 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes, each with the models and one torch thread")
     p.add_argument("--record", action="store_true", help="store the figures in the weights files")
     p.add_argument("--json", type=Path, help="also write the figures of every weights file to this file")
+    p.add_argument("--cases-out", type=Path, help="append each case's outcomes to this file as a JSON line")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the model runs (the recorded figures name it; CPU is the reference)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     seeds = range(args.first_seed, args.first_seed + args.n)
     weights = tuple(args.weights)
-    per_seed = evaluate(weights, args.family, seeds, shifted=args.shifted, device=args.device, workers=args.workers)
+    per_seed = evaluate(weights, args.family, seeds, shifted=args.shifted, device=args.device, workers=args.workers,
+                        cases_out=args.cases_out)
     name = figures_name(args.family, seeds, args.shifted, args.device)
     report = {}
     for i, path in enumerate(weights):
