@@ -26,7 +26,7 @@ from pipeline.scoring.arteries import ARTERY_NAMES
 from pipeline.model.heart import HeartLocation
 from pipeline.model.preprocess import AIR_HU, CropAroundHeart, Preprocess, PreprocessConfig, extract
 from pipeline.scoring.agatston import ScoringProfile, score_calcium
-from training.families import FAMILIES, Family, generate, revision, split_across
+from training.families import Family, generate, revision, split_across
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class PhantomSource:
 
 
 def phantoms(first_seed: int, n: int, hard_ostia: bool = False,
-             families: tuple[Family, ...] = FAMILIES[:1]) -> list[PhantomSource]:
+             families: tuple[Family, ...] = ("a",)) -> list[PhantomSource]:
     """``n`` phantoms from seed ``first_seed`` on, taken from ``families`` in turn (each counts its own seeds)."""
     return [PhantomSource(seed, hard_ostia=hard_ostia, family=family)
             for family, seed in split_across(families, first_seed, n)]
