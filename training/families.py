@@ -9,7 +9,8 @@ how far it generalises beyond one generator's habits (leave-one-family-out).
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -25,6 +26,7 @@ class Phantom(Protocol):
     hu: np.ndarray  # float32, ascending z, exactly the HU the files encode
     labels: np.ndarray  # uint8 0-4
     datasets: list[Dataset]  # the CT series as written
+    truth: dict[str, Any]  # ``cacnode score --json`` of the series with the true labels
 
 
 def revision(family: Family) -> int:
@@ -49,6 +51,15 @@ def generate(family: Family, seed: int, *, shifted: bool = False, hard_ostia: bo
     from training.phantom_b.generate import generate_case as generate_b
 
     return generate_b(seed)
+
+
+def write(family: Family, case: Phantom, out_dir: Path) -> Path:
+    """Write ``case`` of ``family`` in the case layout (``training.phantom.generate``); returns its folder."""
+    if family == "a":
+        from training.phantom.generate import write_case
+    else:
+        from training.phantom_b.generate import write_case
+    return write_case(case, out_dir)  # type: ignore[arg-type]
 
 
 def split_across(families: tuple[Family, ...], first_seed: int, n: int) -> list[tuple[Family, int]]:

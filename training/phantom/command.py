@@ -16,21 +16,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.errors import CacnodeError
-from training.phantom.generate import generate_case, write_case
+from training.families import Family, generate, write
 
 logger = logging.getLogger(__name__)
 
 
-def make_case(seed: int, shifted: bool, out_dir: Path, family: str = "a") -> tuple[int, float]:
+def make_case(seed: int, shifted: bool, out_dir: Path, family: Family = "a") -> tuple[int, float]:
     """Generate and write one case of ``family``; returns its seed and true total Agatston (runs in a worker)."""
-    if family == "b":
-        from training.phantom_b.generate import generate_case as generate_b, write_case as write_b
-
-        case_b = generate_b(seed)
-        write_b(case_b, out_dir)
-        return seed, float(case_b.truth["total"]["agatston"])
-    case = generate_case(seed, shifted=shifted)
-    write_case(case, out_dir)
+    case = generate(family, seed, shifted=shifted)
+    write(family, case, out_dir)
     return seed, float(case.truth["total"]["agatston"])
 
 

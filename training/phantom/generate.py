@@ -216,9 +216,14 @@ def _series(hu: np.ndarray, ascending: list[Dataset]) -> CTSeries:
 
 def write_case(case: PhantomCase, out_dir: Path) -> Path:
     """Write ``case`` under ``out_dir/case-<seed>`` (see the module docstring) and return that folder."""
+    return write_layout(case, case_seg(case), out_dir)
+
+
+def write_layout(case: Any, seg: Dataset | None, out_dir: Path) -> Path:
+    """The case layout every phantom family writes (module docstring) for ``case`` (its ``seed``,
+    ``datasets``, ``file_names``, ``labels`` and ``truth``) and its truth SEG; returns the case folder."""
     folder = Path(out_dir) / f"case-{case.seed:04d}"
     write_datasets(case.datasets, folder / "dicom", case.file_names)
-    seg = case_seg(case)
     if seg is not None:
         seg.save_as(folder / "labels.seg.dcm", enforce_file_format=True)
     np.save(folder / "labels.npy", case.labels)

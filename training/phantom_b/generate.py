@@ -18,7 +18,6 @@ the kernel's blur, less any voxel a distractor raises as much.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,8 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from training.phantom.ct_writer import build_ct_datasets, write_datasets
-from training.phantom.generate import quantise, truth_scores
+from training.phantom.ct_writer import build_ct_datasets
+from training.phantom.generate import quantise, truth_scores, write_layout
 from training.phantom_b import dicom, physics
 from training.phantom_b.calcium import Calcification, Marks, deposit
 from training.phantom_b.distractors import place_distractors
@@ -151,11 +150,4 @@ def case_seg(case: PhantomBCase) -> Dataset | None:
 
 def write_case(case: PhantomBCase, out_dir: Path) -> Path:
     """Write ``case`` under ``out_dir/case-<seed>`` (see the module docstring) and return that folder."""
-    folder = Path(out_dir) / f"case-{case.seed:04d}"
-    write_datasets(case.datasets, folder / "dicom", case.file_names)
-    seg = case_seg(case)
-    if seg is not None:
-        seg.save_as(folder / "labels.seg.dcm", enforce_file_format=True)
-    np.save(folder / "labels.npy", case.labels)
-    (folder / "truth.json").write_text(json.dumps(case.truth, indent=2, sort_keys=True) + "\n")
-    return folder
+    return write_layout(case, case_seg(case), out_dir)
