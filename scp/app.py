@@ -273,6 +273,7 @@ class Node:
         self.metrics: MetricsServer | None = None
         self._server: GuardedServer | None = None
         self._orphaned_by: str | None = None  # how the last worker died, while its job is not yet taken up
+        self._stopping = False  # once set, a dead worker is part of the stop, not a crash to restart
         self._requeue_failing = False  # logged once per outage, not on every tick
         self._swept = 0.0
 
@@ -359,7 +360,7 @@ class Node:
         if self._orphaned_by is not None:
             self._take_up_orphaned_jobs(now)
         # no new worker while a dead one's job is still marked running: it could never be claimed
-        died = self.worker.supervise(now, may_restart=self._orphaned_by is None)
+        died = None if self._stopping else self.worker.supervise(now, may_restart=self._orphaned_by is None)
         if died is not None:
             self._orphaned_by = died
             self._take_up_orphaned_jobs(now)
@@ -404,8 +405,17 @@ class Node:
                 log.info("series %s: job %d of the dead worker superseded (the series was re-opened)",
                          job.series_uid, job.id)
 
+    def request_stop(self) -> None:
+        """A stop is coming: from now on a worker that dies is not restarted nor its job counted as an attempt.
+
+        A stop signal sent to the whole process group (Ctrl-C, ``kill -- -PGID``, a service
+        manager) reaches the worker too; its job is re-queued at the next start, as after any stop.
+        """
+        self._stopping = True
+
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop accepting, let open associations finish, then the delivery, the worker and metrics."""
+        self.request_stop()
         if self._server is not None:
             self._server.shutdown()  # the listening socket closes; open associations go on
             deadline = time.monotonic() + grace
@@ -438,10 +448,13 @@ def serve(config: Config) -> int:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
+        if node is not None:
+            node.request_stop()
         stop.set()
 
     if not config.model.weights.is_file():  # fail before opening a port, not in the worker's restart loop
         raise CacnodeError(f"model weights {config.model.weights} not found ([model] weights)")
+    node: Node | None = None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     _quiet_chatty_libraries()
     node = Node(config)

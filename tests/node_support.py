@@ -126,10 +126,11 @@ def cacnode(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 class NodeProcess:
     """``cacnode serve --config <config>`` as a subprocess, its log in a file."""
 
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, own_process_group: bool = False) -> None:
         self.config = config
         self.port = port
         self.log_path = log
+        self.own_process_group = own_process_group  # as a service manager starts it: signals can reach the group
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60, ready: Callable[[], bool] | None = None) -> NodeProcess:
@@ -138,6 +139,7 @@ class NodeProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cacnode.cli", "serve", "--config", str(self.config)],
                 cwd=REPO, env=node_env(), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=self.own_process_group,
             )
         ready = ready or (lambda: echo(self.port))
         wait_for(lambda: self._exited_early() or ready(), timeout, f"node on port {self.port}")

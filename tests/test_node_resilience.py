@@ -165,6 +165,24 @@ def test_job_whose_worker_keeps_dying_fails_with_the_reason(make_node, tmp_path)
     assert echo(node.port)
 
 
+def test_a_stop_signal_to_the_whole_process_group_is_a_clean_stop(tmp_path, node_weights):
+    # Ctrl-C or a service manager signals the node and its worker at once: the worker's death is
+    # part of the stop, not a crash to restart and count against a job.
+    port = free_port()
+    config = write_node_config(tmp_path / "config.toml", port=port, storage=tmp_path / "var", weights=node_weights)
+    node = NodeProcess(config, port, tmp_path / "node.log", own_process_group=True).start()
+    try:
+        wait_for(lambda: "worker: model" in node.log(), 60, "the worker to load the model")
+        os.killpg(node.proc.pid, signal.SIGTERM)
+        assert node.proc.wait(60) == 0
+    finally:
+        if node.proc.poll() is None:
+            node.kill()
+    log = node.log()
+    assert "stopped" in log.splitlines()[-1], log
+    assert "restarting" not in log and " ERROR " not in log, log
+
+
 # -- (2) a full disk while the report is written -----------------------------------
 
 
