@@ -339,6 +339,11 @@ def test_fit_learns_a_separable_rule() -> None:
                                           torch.from_numpy(wide).float()), 0.0).numpy()
     assert np.mean(predicted == truth) > 0.9
     assert fitted.training["coronary_candidates"] == int(np.count_nonzero(truth))
+    assert fitted.training["epochs"] == 30
+    # a time box stops the fit sooner, and the record says how many epochs ran
+    boxed = fit_classifier(rows, epochs=30, batch_size=64, max_minutes=1e-6,
+                           config=ClassifierConfig(hidden=(8,), conv_channels=(4, 8)))
+    assert boxed.training["epochs"] < 30
     with pytest.raises(ValueError, match="no coronary"):
         fit_classifier(dataclasses.replace(rows, truth=np.zeros(n, np.int64)), epochs=1)
 

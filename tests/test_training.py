@@ -151,6 +151,15 @@ def test_training_fits_the_lesion_classifier_after_the_network(tmp_path: Path) -
     c = make_chest(seed=6)
     labels = labeller.predict_volume(c.hu, c.pixel_spacing_mm, c.increment_mm)
     assert labels.shape == c.hu.shape and np.all(c.hu[labels > 0] >= 130.0)
+    # calibration spread over worker processes gives the figures of one process
+    from training.calibrate import calibrate
+
+    cases = [ChestSource(2), ChestSource(3)]
+    alone, spread = calibrate(labeller, cases), calibrate(labeller, cases, workers=2)
+    assert alone.keys() == spread.keys() and len(alone) == len(CLASSIFIER_BIASES) * len(FAINT_BIASES)
+    for bias, figures in alone.items():
+        assert figures["cases"] == 2.0
+        assert all(v == spread[bias][k] or (math.isnan(v) and math.isnan(spread[bias][k])) for k, v in figures.items())
 
 
 def test_the_classifier_phantoms_are_the_plain_then_the_hard_ostia_seeds_of_the_config(tmp_path: Path) -> None:
@@ -165,6 +174,8 @@ def test_the_classifier_phantoms_are_the_plain_then_the_hard_ostia_seeds_of_the_
     assert classifier_phantom_sources(tiny_config(tmp_path)) == []  # the defaults: no classifier phantoms
     with pytest.raises(ValueError, match="classifier_hard_ostia_phantoms"):
         tiny_config(tmp_path, classifier_hard_ostia_phantoms=-1)
+    with pytest.raises(ValueError, match="classifier_max_minutes"):
+        tiny_config(tmp_path, classifier_max_minutes=0.0)
 
 
 def test_cached_candidate_rows_are_not_reused_after_the_heart_localiser_changes(tmp_path: Path) -> None:

@@ -26,7 +26,10 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import torch
 
 from evaluation.metrics import CaseOutcome, compare, score_truth, summarise
 from pipeline.model.inference import Labeller, ModelConfig, classify, grid_to_labels
@@ -53,35 +56,62 @@ def bias_grid(has_classifier: bool) -> list[Bias]:
 
 
 def calibrate(labeller: Labeller, sources: Sequence[CaseSource],
-              biases: Sequence[Bias] | None = None) -> dict[Bias, dict[str, float]]:
-    """Validation figures per bias pair (default: ``bias_grid``)."""
+              biases: Sequence[Bias] | None = None, *, workers: int = 1) -> dict[Bias, dict[str, float]]:
+    """Validation figures per bias pair (default: ``bias_grid``); ``workers`` processes, one torch thread each."""
     if biases is None:
         biases = bias_grid(labeller.classifier is not None)
-    profile = ScoringProfile()
     outcomes: dict[Bias, list[CaseOutcome]] = {b: [] for b in biases}
-    for source in sources:
-        case = source.load()
-        spacing, increment = case.pixel_spacing_mm, case.increment_mm
-        prepared = labeller.preprocess(case.hu, spacing, increment)
-        logits = labeller.logits(prepared)
-        decisions = labeller.decide_candidates(case.hu, prepared, logits) if labeller.classifier is not None else None
-        truth = score_truth(case.hu, case.labels, spacing, increment, profile)
-        scored: dict[bytes, CaseOutcome] = {}  # many pairs decide a case alike: score each decision once
-        for background, extra in biases:
-            if decisions is not None:
-                classes = decisions.classes(background, extra)
-                key = classes.tobytes()
-                if key not in scored:
-                    labels = labeller.place(case.hu, prepared, decisions.labels_of(classes))
-                    scored[key] = compare(truth, case.hu, labels, spacing, increment, profile)
-                outcome = scored[key]
-            else:
-                labels = grid_to_labels(case.hu, prepared.box, classify(logits, background),
-                                        labeller.config.candidate_threshold_hu, labeller.config.candidate_connectivity)
-                outcome = compare(truth, case.hu, labels, spacing, increment, profile)
-            outcomes[(background, extra)].append(outcome)
-        log.info("calibration case %s done", source.key)
+    if workers <= 1 or len(sources) <= 1:
+        _labeller[:] = [labeller]
+        per_case = map(case_outcomes, sources, [biases] * len(sources))
+        for source, case in zip(sources, per_case):
+            _add(outcomes, source, case)
+    else:
+        with ProcessPoolExecutor(min(workers, len(sources)), initializer=_load_labeller, initargs=(labeller,)) as pool:
+            for source, case in zip(sources, pool.map(case_outcomes, sources, [biases] * len(sources))):
+                _add(outcomes, source, case)
     return {b: summarise(o) for b, o in outcomes.items()}
+
+
+_labeller: list[Labeller] = []  # the labeller of this (worker) process
+
+
+def _load_labeller(labeller: Labeller) -> None:
+    torch.set_num_threads(1)
+    _labeller[:] = [labeller]
+
+
+def _add(outcomes: dict[Bias, list[CaseOutcome]], source: CaseSource, case: dict[Bias, CaseOutcome]) -> None:
+    for bias, outcome in case.items():
+        outcomes[bias].append(outcome)
+    log.info("calibration case %s done", source.key)
+
+
+def case_outcomes(source: CaseSource, biases: Sequence[Bias]) -> dict[Bias, CaseOutcome]:
+    """The outcome of one case under every bias pair, with this process's labeller."""
+    labeller = _labeller[0]
+    profile = ScoringProfile()
+    case = source.load()
+    spacing, increment = case.pixel_spacing_mm, case.increment_mm
+    prepared = labeller.preprocess(case.hu, spacing, increment)
+    logits = labeller.logits(prepared)
+    decisions = labeller.decide_candidates(case.hu, prepared, logits) if labeller.classifier is not None else None
+    truth = score_truth(case.hu, case.labels, spacing, increment, profile)
+    scored: dict[bytes, CaseOutcome] = {}  # many pairs decide a case alike: score each decision once
+    out: dict[Bias, CaseOutcome] = {}
+    for background, extra in biases:
+        if decisions is not None:
+            classes = decisions.classes(background, extra)
+            key = classes.tobytes()
+            if key not in scored:
+                labels = labeller.place(case.hu, prepared, decisions.labels_of(classes))
+                scored[key] = compare(truth, case.hu, labels, spacing, increment, profile)
+            out[(background, extra)] = scored[key]
+        else:
+            labels = grid_to_labels(case.hu, prepared.box, classify(logits, background),
+                                    labeller.config.candidate_threshold_hu, labeller.config.candidate_connectivity)
+            out[(background, extra)] = compare(truth, case.hu, labels, spacing, increment, profile)
+    return out
 
 
 def with_best_bias(weights: WeightsFile, table: dict[Bias, dict[str, float]], name: str,
@@ -118,15 +148,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="choose among the pairs whose background bias is at least B")
     p.add_argument("--families", nargs="+", choices=FAMILIES, default=["a"],
                    help="phantom families the --n phantoms are taken from, in turn")
+    p.add_argument("--workers", type=int, default=1, help="processes, each with the model and one torch thread")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a case every ~8 s
     labeller = Labeller.load(ModelConfig(weights=args.weights), device="cpu")
-    table = calibrate(labeller, phantoms(args.first_seed, args.n, families=tuple(args.families)))
+    sources = phantoms(args.first_seed, args.n, families=tuple(args.families))
+    table = calibrate(labeller, sources, workers=args.workers)
     for (b, extra), f in table.items():
         print(f"bias {b:4.1f} faint +{extra:3.1f}: selection {selection(f):6.3f}  icc {f['icc']:.4f} "
               f"kappa {f['kappa']:.3f} zero->0 {f['zero_to_zero']:.2f} right {f['right_artery']:.3f} "
               f"sens {f['lesion_sensitivity']:.3f} fp/scan {f['fp_per_scan']:.2f}")
-    name = f"calibration_seeds_{args.first_seed}-{args.first_seed + args.n - 1}"
+    last = max(s.seed for s in sources)
+    name = f"calibration_{''.join(args.families)}_seeds_{args.first_seed}-{last}"  # each family's own seeds
     calibrated = with_best_bias(load_weights(args.weights), table, name, args.min_background_bias)
     save_weights(calibrated, args.weights)
     print(json.dumps(calibrated.validation[name], indent=2))

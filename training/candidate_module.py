@@ -85,8 +85,11 @@ def fit_classifier(rows: CandidateRows, *, min_area_mm2: float = 1.0, epochs: in
                    easy_keep: float = 0.25,
                    learning_rate: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0,
                    config: ClassifierConfig = ClassifierConfig(), accelerator: str = "cpu", focal_gamma: float = 2.0,
-                   describe: dict[str, object] | None = None) -> ClassifierWeights:
-    """Fit a classifier on ``rows`` and return it ready to store (background bias 0: calibrate after)."""
+                   describe: dict[str, object] | None = None, max_minutes: float | None = None) -> ClassifierWeights:
+    """Fit a classifier on ``rows`` and return it ready to store (background bias 0: calibrate after).
+
+    ``max_minutes`` stops the fit early (after fewer than ``epochs`` epochs; the record says how many ran).
+    """
     if not np.any(rows.truth > 0):
         raise ValueError("the fitting cases hold no coronary candidate: nothing to learn an artery from")
     pl.seed_everything(seed, workers=True)
@@ -108,6 +111,7 @@ def fit_classifier(rows: CandidateRows, *, min_area_mm2: float = 1.0, epochs: in
         accelerator=accelerator,
         devices=1,
         max_epochs=epochs,
+        max_time=None if max_minutes is None else {"minutes": max_minutes},
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -115,8 +119,9 @@ def fit_classifier(rows: CandidateRows, *, min_area_mm2: float = 1.0, epochs: in
         num_sanity_val_steps=0,
     )
     trainer.fit(module, train_dataloaders=loader)
-    log.info("lesion classifier fitted on %d of %d candidates (%d coronary), %d epochs", len(truth), len(all_rows.truth),
-             int((truth > 0).sum()), epochs)
+    epochs_run = int(trainer.current_epoch)
+    log.info("lesion classifier fitted on %d of %d candidates (%d coronary), %d of %d epochs", len(truth),
+             len(all_rows.truth), int((truth > 0).sum()), epochs_run, epochs)
     return ClassifierWeights(
         config=config,
         state_dict={k: v.detach().cpu() for k, v in module.model.state_dict().items()},
@@ -126,7 +131,7 @@ def fit_classifier(rows: CandidateRows, *, min_area_mm2: float = 1.0, epochs: in
             "candidates_per_epoch": int(len(truth)),
             "coronary_candidates": int((truth > 0).sum()),
             "cases": int(len(np.unique(rows.case))),
-            "epochs": epochs,
+            "epochs": epochs_run,
             "batch_size": batch_size,
             "learning_rate": learning_rate,
             "focal_gamma": focal_gamma,

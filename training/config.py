@@ -48,6 +48,7 @@ class TrainingConfig:
     classifier_phantoms: int = 0
     classifier_seed: int = 60000
     classifier_epochs: int = 30
+    classifier_max_minutes: float | None = None  # stops the classifier's fit sooner (fewer epochs): a time box
     # Hard examples for the classifier: family a phantoms [classifier_hard_ostia_seed, + classifier_hard_ostia_phantoms)
     # with 2-4 extra aortic-wall calcifications beside the coronary ostia (only when "a" is among the families).
     classifier_hard_ostia_phantoms: int = 0
@@ -100,9 +101,10 @@ class TrainingConfig:
         if self.accelerator == "cpu" and self.precision != "32":
             raise ValueError("training.precision: mixed precision needs a GPU; use \"32\" on CPU")
         if (self.classifier_phantoms < 0 or self.classifier_hard_ostia_phantoms < 0 or self.classifier_epochs < 1
-                or self.calibration_phantoms < 0):
+                or self.calibration_phantoms < 0
+                or (self.classifier_max_minutes is not None and self.classifier_max_minutes <= 0)):
             raise ValueError("training.classifier_phantoms, classifier_hard_ostia_phantoms and calibration_phantoms "
-                             "must be >= 0, classifier_epochs >= 1")
+                             "must be >= 0, classifier_epochs >= 1, classifier_max_minutes > 0")
         if self.prepare_workers < 1:
             raise ValueError("training.prepare_workers must be >= 1")
         if self.batch_size < 1 or self.samples_per_epoch < 1 or self.max_epochs < 1:

@@ -34,14 +34,12 @@ log = logging.getLogger(__name__)
 
 def add_classifier(weights: WeightsFile, sources: Sequence[CaseSource], cache_dir: Path, *, workers: int = 2,
                    epochs: int = 30, version: str | None = None, accelerator: str = "cpu",
-                   config: ClassifierConfig = ClassifierConfig()) -> WeightsFile:
+                   config: ClassifierConfig = ClassifierConfig(), max_minutes: float | None = None) -> WeightsFile:
     """``weights`` with a classifier fitted on ``sources`` and a new UID."""
     rows = collect_rows(sources, weights, cache_dir, config.gate, workers=workers)
-    classifier = fit_classifier(rows, epochs=epochs, accelerator=accelerator, config=config, describe={
-        "sources": _describe(sources),
-        "network_uid": weights.network_uid,
-        "gate": config.gate,
-    })
+    describe = {"sources": _describe(sources), "network_uid": weights.network_uid, "gate": config.gate}
+    classifier = fit_classifier(rows, epochs=epochs, accelerator=accelerator, config=config, max_minutes=max_minutes,
+                                describe=describe)
     return dataclasses.replace(
         weights,
         uid=new_uid(),
@@ -84,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-ostia-first-seed", type=int, default=70000)
     p.add_argument("--families", nargs="+", choices=FAMILIES, default=["a"],
                    help="phantom families the --n phantoms are taken from, in turn")
+    p.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu", help="where the classifier is fitted")
+    p.add_argument("--max-minutes", type=float, help="stop fitting after this long (fewer epochs)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     sources = phantoms(args.first_seed, args.n, families=tuple(args.families)) + phantoms(args.hard_ostia_first_seed, args.hard_ostia, hard_ostia=True)
     weights = add_classifier(load_weights(args.weights), sources, args.cache,
                              workers=args.workers, epochs=args.epochs, version=args.version,
+                             accelerator=args.accelerator, max_minutes=args.max_minutes,
                              config=ClassifierConfig(wide_channels=WIDE_CHANNELS if args.wide_view else 0))
     output = args.output or args.weights
     save_weights(weights, output)

@@ -169,7 +169,7 @@ def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *
     if classifier_sources and not fast_dev_run:
         # The second stage; the file gets a new UID and the classifier records the network's (``network_uid``).
         weights = add_classifier(weights, classifier_sources, work_dir / "candidates", workers=config.prepare_workers,
-                                 epochs=config.classifier_epochs,
+                                 epochs=config.classifier_epochs, max_minutes=config.classifier_max_minutes,
                                  accelerator="gpu" if config.accelerator == "gpu" else "cpu",
                                  config=classifier_config)
         weights = dataclasses.replace(weights, validation={"phantom_validation_set_network": figures})
@@ -180,7 +180,8 @@ def run_train(config: TrainingConfig, output: Path | None, fast_dev_run: bool, *
         if calibration_sources:
             # Untouched, the classifier's bias is 0: the balanced loss leaves it eager to call calcium.
             labeller = Labeller(weights, ModelConfig(), torch.device("cpu"))
-            weights = with_best_bias(weights, calibrate(labeller, calibration_sources), "calibration_set",
+            table = calibrate(labeller, calibration_sources, workers=config.prepare_workers)
+            weights = with_best_bias(weights, table, "calibration_set",
                                      config.calibration_min_background_bias)
             log.info("lesion classifier background bias %.1f (calibrated on %d cases)",
                      weights.validation["calibration_set"]["background_bias"], len(calibration_sources))
