@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from cacnode import __version__
+from cacnode.output_paths import OutputPathError
 from cacnode.settings import ConfigError
 from pipeline.errors import CacnodeError
 
@@ -28,16 +29,26 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _verbose_option(default: object) -> argparse.ArgumentParser:
+    """``-v/--verbose`` as a parent parser, for the top level and for every command."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging and tracebacks")
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cacnode",
         description="A DICOM node that scores coronary artery calcium. Not a medical device.",
+        parents=[_verbose_option(default=False)],
     )
     parser.add_argument("--version", action="version", version=f"cacnode {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # -v is taken after the command too; its default SUPPRESS keeps a command
+    # without it from resetting a -v given before the command.
+    common = [_verbose_option(default=argparse.SUPPRESS)]
 
-    p = sub.add_parser("score", help="score one CT series from a folder of DICOM files")
+    p = sub.add_parser("score", parents=common, help="score one CT series from a folder of DICOM files")
     p.add_argument("series_dir", type=Path, help="folder holding the series (searched recursively)")
     p.add_argument("--series-uid", help="Series Instance UID to score when the folder holds several")
     p.add_argument("--labels", type=Path, help="score this annotation (DICOM SEG or NIfTI) instead of the model")
@@ -50,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
+        parents=common,
         help="score series that have reference labels and report the model's agreement with them",
         epilog="exit status: 0 every case scored, 1 some cases skipped (the others reported), 2 error",
     )
@@ -64,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print summary.json instead of the text report")
     _add_config(p)
 
-    p = sub.add_parser("phantom", help="generate synthetic calcium-scoring CT phantoms with exact ground truth")
+    p = sub.add_parser(
+        "phantom", parents=common, help="generate synthetic calcium-scoring CT phantoms with exact ground truth"
+    )
     p.add_argument("out_dir", type=Path)
     p.add_argument("--n", type=int, default=1, help="number of cases (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
@@ -74,19 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shifted", action="store_true", help="draw from the shifted (held-out) parameter ranges")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("train", help="train the calcium model (needs the training extra)")
+    p = sub.add_parser("train", parents=common, help="train the calcium model (needs the training extra)")
     _add_config(p)
     p.add_argument("--output", type=Path, help="weights file to write (default: [training] output)")
     p.add_argument("--fast-dev-run", action="store_true", help="one batch of train and validation, for smoke tests")
 
-    p = sub.add_parser("serve", help="run the DICOM node in the foreground")
+    p = sub.add_parser("serve", parents=common, help="run the DICOM node in the foreground")
     _add_config(p)
 
-    p = sub.add_parser("status", help="show jobs, states, errors and deliveries")
+    p = sub.add_parser("status", parents=common, help="show jobs, states, errors and deliveries")
     _add_config(p)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("retry", help="retry failed deliveries")
+    p = sub.add_parser("retry", parents=common, help="retry failed deliveries")
     _add_config(p)
     p.add_argument("--series-uid", help="only this series")
     return parser
@@ -120,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             log.exception("failed")
         print(f"cacnode {args.command}: error: {exc}", file=sys.stderr)
+        # An output path that cannot be written is a bad argument, 2 as argparse's own;
         # evaluate's 1 means "some cases skipped, the others reported": its errors need another status.
-        return 2 if args.command == "evaluate" else 1
+        return 2 if isinstance(exc, OutputPathError) or args.command == "evaluate" else 1
     except KeyboardInterrupt:
         return 130
 

@@ -7,17 +7,24 @@ import json
 import sys
 
 from cacnode.config import Config
+from cacnode.output_paths import check_output_paths
+from pipeline.errors import SeveralSeriesError
 from pipeline.model.identity import REFERENCE_LABELS
 from pipeline.reading.loader import load_series
 from pipeline.scoring.result import format_table, score_series, to_json
 
 
 def run_score(args: argparse.Namespace, config: Config) -> int:
-    series = load_series(
-        args.series_dir,
-        series_uid=args.series_uid,
-        max_obliquity_degrees=config.eligibility.max_obliquity_degrees,
-    )
+    # before the scoring: a report that cannot be written must not cost the wait
+    check_output_paths({"--sr": args.sr, "--seg": args.seg, "--summary": args.summary})
+    try:
+        series = load_series(
+            args.series_dir,
+            series_uid=args.series_uid,
+            max_obliquity_degrees=config.eligibility.max_obliquity_degrees,
+        )
+    except SeveralSeriesError as exc:
+        raise exc.choose_with("--series-uid") from None
     if args.labels is not None:
         from pipeline.reading.labels_io import read_labels
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from dicom_sr.config import ReportConfig
 from dicom_sr.seg import build_lesion_seg, segment_arteries
 from dicom_sr.sr import build_sr
 from dicom_sr.summary import build_summary
-from pipeline.errors import LabelsError
+from pipeline.errors import CacnodeError, LabelsError
 from pipeline.model.identity import AlgorithmIdentity
 from pipeline.scoring.result import SeriesResult
 from pipeline.reading.series import CTSeries
@@ -68,7 +68,8 @@ def build_report(
     Returns
     -------
     ReportObjects
-        No SEG is made for a series without calcium: a SEG needs a segment.
+        No SEG is made for a series without calcium: a SEG needs a segment
+        (the caller says so, once, where it logs).
 
     Raises
     ------
@@ -80,17 +81,14 @@ def build_report(
             f"series {series.series_uid}: labels {labels.shape} do not match the series {series.hu.shape}"
         )
     seg = None
-    if config.write_seg:
-        if segment_arteries(labels):
-            seg = build_lesion_seg(
-                labels,
-                series.datasets,
-                identity,
-                series_number=config.seg_series_number,
-                series_description=config.seg_series_description,
-            )
-        else:
-            logger.info("series %s: no calcium labelled, no lesion SEG", series.series_uid)
+    if config.write_seg and segment_arteries(labels):
+        seg = build_lesion_seg(
+            labels,
+            series.datasets,
+            identity,
+            series_number=config.seg_series_number,
+            series_description=config.seg_series_description,
+        )
     sr = build_sr(result, series.datasets, identity, config, seg)
     summary = build_summary(result, labels, series, identity, config) if config.write_summary else None
     return ReportObjects(sr=sr, seg=seg, summary=summary)
@@ -122,7 +120,8 @@ def write_report_files(
     wanted = dataclasses.replace(config, write_seg=seg_path is not None, write_summary=summary_path is not None)
     objects = build_report(result, labels, series, identity, wanted)
     if seg_path is not None and objects.seg is None:
-        logger.warning("series %s: no calcium labelled, so no SEG written to %s", series.series_uid, seg_path)
+        # not an error: a SEG needs at least one segment, and a zero score is a result
+        logger.info("series %s: no SEG written to %s: no artery has calcium", series.series_uid, seg_path)
     for path, ds in ((sr_path, objects.sr), (seg_path, objects.seg), (summary_path, objects.summary)):
         if path is not None and ds is not None:
             save_atomically(ds, Path(path))
@@ -130,14 +129,28 @@ def write_report_files(
 
 
 def save_atomically(ds: Dataset, path: Path) -> None:
-    """Write ``ds`` to ``path`` through a temporary file, so no half-written file is ever seen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``ds`` to ``path`` through a temporary file, so no half-written file is ever seen.
+
+    The folder must exist (the caller checked the path; no folder is made
+    behind the user's back).  The file gets the mode the process umask gives
+    (0644 under umask 022), as any file a PACS export folder is read from:
+    ``tempfile.mkstemp`` would make it 0600 whatever the umask.
+
+    Raises
+    ------
+    CacnodeError
+        The file cannot be written (e.g. the disk is full), naming it.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                ds.save_as(fh, enforce_file_format=True)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise CacnodeError(f"cannot write {path}: {exc.strerror or exc}") from None
     logger.debug("wrote %s (%s)", path, ds.SOPClassUID.name)

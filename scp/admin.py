@@ -52,7 +52,10 @@ def format_status(doc: dict[str, Any]) -> str:
     lines.append(f"{'series UID':<64}  {'state':<9}  {'inst':>4}  {'gen':>3}  {'Agatston':>9}  last received / reason")
     for r in doc["series"]:
         agatston = "-" if r["total_agatston"] is None else f"{r['total_agatston']:.1f}"
-        tail = r["reason"] or _when(r["last_received"])
+        if r["state"] == "kept":  # no destination: say where the report is instead of when it came
+            tail = f"no destination; report kept in {r['result_dir']}"
+        else:
+            tail = r["reason"] or _when(r["last_received"])
         lines.append(
             f"{r['series_uid']:<64}  {r['state']:<9}  {r['n_instances']:>4}  {r['generation']:>3}  {agatston:>9}  {tail}"
         )

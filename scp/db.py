@@ -4,7 +4,10 @@ All SQL of the node is here (the table definitions in ``scp.db_schema``).  State
 
 - series: ``received`` -> ``complete`` -> ``running`` -> ``reported`` -> ``sent``,
   or ``skipped`` (not eligible) / ``failed`` (with a reason).  A new instance
-  for a series in any later state re-opens it (back to ``received``).
+  for a series in any later state re-opens it (back to ``received``).  A
+  report with no destination is stored ``sent`` (nothing is left to deliver)
+  but shown ``kept`` by :meth:`Database.state_counts` and
+  :meth:`Database.series_rows`: it went nowhere and stays in its result folder.
 - jobs (one per completion of a series, numbered by ``generation``): the same
   states from ``complete`` on, plus ``superseded`` when a re-opened series
   makes a queued job pointless.  A job counts its starts (``attempts``): one
@@ -29,6 +32,13 @@ from typing import Any
 
 from scp.db_schema import ADDED_COLUMNS, SCHEMA, Delivery, Job, OpenSeries, ReleasedJob
 from scp.spool import InstanceKey
+
+# The state shown for a series or job: ``kept`` for a report stored ``sent``
+# that had no destination to go to (see the module docstring).
+_SHOWN_STATE = (
+    "CASE WHEN {state} = 'sent' AND {job} IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = {job}) THEN 'kept' ELSE {state} END"
+)
 
 
 class Database:
@@ -372,18 +382,24 @@ class Database:
         return released
 
     def state_counts(self) -> dict[str, dict[str, int]]:
-        """Number of series, jobs and deliveries in each state (for status and metrics)."""
+        """Number of series, jobs and deliveries in each state (for status and metrics); see ``kept`` above."""
+        shown = {
+            "series": f"SELECT {_SHOWN_STATE.format(state='s.state', job='j.id')}, COUNT(*) FROM series s"
+            " LEFT JOIN jobs j ON j.series_uid = s.series_uid AND j.generation = s.generation GROUP BY 1",
+            "jobs": f"SELECT {_SHOWN_STATE.format(state='jobs.state', job='jobs.id')}, COUNT(*) FROM jobs GROUP BY 1",
+            "deliveries": "SELECT state, COUNT(*) FROM deliveries GROUP BY state",
+        }
         out: dict[str, dict[str, int]] = {}
-        for table in ("series", "jobs", "deliveries"):
-            rows = self._query(f"SELECT state, COUNT(*) FROM {table} GROUP BY state")
-            out[table] = {r[0]: r[1] for r in rows}
+        for table, sql in shown.items():
+            out[table] = {r[0]: r[1] for r in self._query(sql)}
         out["instances"] = {"total": self._query("SELECT COUNT(*) FROM instances")[0][0]}
         return out
 
     def series_rows(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._query(
-            "SELECT s.series_uid, s.study_uid, s.state, s.reason, s.n_instances, s.generation, s.last_received,"
-            " j.id AS job_id, j.sr_uid, j.total_agatston FROM series s"
+            f"SELECT s.series_uid, s.study_uid, {_SHOWN_STATE.format(state='s.state', job='j.id')} AS state,"
+            " s.reason, s.n_instances, s.generation, s.last_received,"
+            " j.id AS job_id, j.sr_uid, j.total_agatston, j.result_dir FROM series s"
             " LEFT JOIN jobs j ON j.series_uid = s.series_uid AND j.generation = s.generation"
             " ORDER BY s.last_received DESC LIMIT ?",
             (limit,),

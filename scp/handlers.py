@@ -30,6 +30,12 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # Refused: the sender should retry later
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # Error
 CANNOT_UNDERSTAND = 0xC210  # Error class 0xCxxx "cannot understand"; as pynetdicom uses for undecodable data
+# A-ASSOCIATE-RJ result source and diagnostic, PS3.8 Table 9-21.
+_SERVICE_USER = 0x01
+_SERVICE_PROVIDER_PRESENTATION = 0x03
+_CALLING_AE_NOT_RECOGNISED = 0x03
+_CALLED_AE_NOT_RECOGNISED = 0x07
+_LOCAL_LIMIT_EXCEEDED = 0x02
 
 
 @dataclass(frozen=True)
@@ -126,14 +132,44 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
 
 
 def handle_rejected(event: Event, allowed_aets: tuple[str, ...], counters: Counters) -> None:
-    """Log why an association was rejected, once, naming the caller."""
+    """Log why pynetdicom rejected an association, once, naming the caller and the cause.
+
+    ``EVT_REJECTED`` fires only for pynetdicom's own rejections (the address
+    and slot rules log their own); the cause is the A-ASSOCIATE-RJ it sent
+    (PS3.8 9.3.4, Table 9-21), read back from the association.
+    """
     counters.inc("associations_rejected_total")
     calling = event.assoc.requestor
-    if allowed_aets and calling.ae_title not in allowed_aets:
-        why = "calling AE title is not in scp.allowed_calling_aets"
-    else:
-        why = "too many associations (scp.max_associations) or called AE title mismatch"
-    log.warning("association from %r at %s:%s rejected: %s", calling.ae_title, calling.address, calling.port, why)
+    log.warning(
+        "association from %r at %s:%s rejected: %s",
+        calling.ae_title, calling.address, calling.port, rejection_cause(event, allowed_aets),
+    )
+
+
+def rejection_cause(event: Event, allowed_aets: tuple[str, ...]) -> str:
+    """Why the association of ``event`` was rejected, in the words of the config key that decided it."""
+    assoc = event.assoc
+    request = assoc.requestor.primitive
+    reply = assoc.acceptor.primitive
+    calling_refused = bool(allowed_aets) and assoc.requestor.ae_title not in allowed_aets
+    not_allowed = f"calling AE title is not in scp.allowed_calling_aets ({', '.join(allowed_aets)})"
+    source, diagnostic = getattr(reply, "result_source", None), getattr(reply, "diagnostic", None)
+    if (source, diagnostic) == (_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED):
+        return not_allowed
+    if (source, diagnostic) == (_SERVICE_USER, _CALLED_AE_NOT_RECOGNISED):
+        called = getattr(request, "called_ae_title", "")
+        why = f"it called AE title {called!r}, not this node's {assoc.acceptor.ae_title!r} (scp.ae_title)"
+        return why + (f"; its {not_allowed}" if calling_refused else "")
+    if (source, diagnostic) == (_SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED):
+        # pynetdicom's own count, a backstop: the node sets it to the sum of the two keys
+        limit = assoc.ae.maximum_associations
+        return (
+            f"more connections open at once than the {limit} allowed"
+            " (scp.max_associations + scp.max_pending_connections)"
+        )
+    if reply is None:
+        return "no reason recorded"
+    return f"{reply.reason_str} ({reply.source_str})"
 
 
 def handle_accepted(event: Event, counters: Counters) -> None:

@@ -146,6 +146,8 @@ def process_job(job: Job, settings: WorkerSettings, labeller: object) -> Outcome
     result_dir = settings.storage.results / job.study_uid / job.series_uid / f"{job.generation:03d}-job{job.id}"
     write_results(result_dir, [("sr.dcm", report.sr), ("seg.dcm", report.seg), ("summary.dcm", report.summary)], summary)
     destinations = tuple(destinations_for(settings, job))
+    if settings.report.write_seg and report.seg is None:
+        log.info("series %s: no lesion SEG: no artery has calcium", job.series_uid)
     log.info(
         "series %s: reported (generation %d, %d slices, Agatston %.1f) in %.1f s; %d destination(s)",
         job.series_uid, job.generation, result.n_slices, result.score.total.agatston,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from cacnode.cli import build_parser
 
 COMMANDS = ["score", "phantom", "train", "serve", "status", "retry"]
 
@@ -49,3 +52,57 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
 
 def test_unknown_command_exits_2():
     assert cacnode("frobnicate").returncode == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["score", "series"],
+        ["evaluate", "cases", "--out", "out"],
+        ["phantom", "out"],
+        ["train"],
+        ["serve"],
+        ["status"],
+        ["retry"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_verbose_is_taken_after_the_command_too(argv):
+    parser = build_parser()
+    assert parser.parse_args([*argv, "-v"]).verbose
+    assert parser.parse_args([*argv, "--verbose"]).verbose
+    assert parser.parse_args(["-v", *argv]).verbose  # a command without -v keeps the one given before it
+    assert not parser.parse_args(argv).verbose
+
+
+def test_verbose_after_the_command_shows_the_traceback(tmp_path):
+    result = cacnode("score", str(tmp_path / "nowhere"), "--labels", str(tmp_path / "x.nii.gz"), "-v", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("cacnode score: error:")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc, where nobody may create files")
+def test_unwritable_report_path_fails_before_the_scoring(tmp_path):
+    # The series folder does not exist: an error about --sr shows that the path was checked first.
+    result = cacnode("score", str(tmp_path / "nowhere"), "--labels", "x.nii.gz", "--sr", "/proc/sr.dcm", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cacnode score: error: --sr /proc/sr.dcm: cannot create a file in /proc")
+
+
+@pytest.mark.parametrize("option", ["--sr", "--seg", "--summary"])
+def test_report_path_in_a_missing_folder_is_an_error_and_no_folder_is_made(tmp_path, option):
+    target = tmp_path / "missing" / "report.dcm"
+    result = cacnode("score", str(tmp_path / "nowhere"), "--labels", "x.nii.gz", option, str(target), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"cacnode score: error: {option} {target}: folder {target.parent} does not exist"], result.stderr
+    assert not target.parent.exists()
+
+
+def test_two_report_options_naming_one_file_is_an_error(tmp_path):
+    result = cacnode("score", "series", "--labels", "x.nii.gz", "--sr", "r.dcm", "--seg", "./r.dcm", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "cacnode score: error: --sr and --seg name the same file r.dcm"

@@ -184,6 +184,26 @@ def test_missing_and_empty_folders(tmp_path):
     assert "no DICOM files" in error_of(tmp_path / "empty")
 
 
+def test_folder_of_files_that_are_not_dicom_is_one_honest_error_without_warnings(tmp_path, caplog):
+    for name in ("notes.txt", "scan.png", "sub/readme.md"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("hello " * 50)  # longer than a DICOM preamble
+    with caplog.at_level(logging.DEBUG, logger="pipeline.reading.loader"):
+        message = error_of(tmp_path)
+    assert message == f"folder {tmp_path}: 3 file(s) found, none of them DICOM"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "force" not in caplog.text
+
+
+def test_files_that_are_not_dicom_beside_a_series_are_one_warning(ct_series_dir, caplog):
+    for name in ("a.txt", "b.txt"):
+        (ct_series_dir / name).write_text("hello")
+    with caplog.at_level(logging.WARNING, logger="pipeline.reading.loader"):
+        load_series(ct_series_dir)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == f"folder {ct_series_dir}: skipping 2 file(s) that are not DICOM: a.txt, b.txt"
+
+
 # --- bad input: one clear line naming the series ------------------------------------------------
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import subprocess
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
 from conftest import dcmtk, free_port
+from scp.handlers import handle_rejected
 from scp.metrics import Counters
 from scp.sources import SourceFilter
 
@@ -192,6 +195,49 @@ def test_source_address_not_allowed_is_rejected_before_negotiation():
         assert counters.snapshot()["associations_rejected_total"] == 1
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("calling", "called", "limit", "cause"),
+    [
+        ("INTRUDER", "CACNODE", 10, "calling AE title is not in scp.allowed_calling_aets (CT1, PACS)"),
+        ("CT1", "OTHER", 10, "it called AE title 'OTHER', not this node's 'CACNODE' (scp.ae_title)"),
+        ("INTRUDER", "OTHER", 10, ("it called AE title 'OTHER', not this node's 'CACNODE' (scp.ae_title);"
+                                   " its calling AE title is not in scp.allowed_calling_aets (CT1, PACS)")),
+        ("CT1", "CACNODE", 1, ("more connections open at once than the 1 allowed"
+                               " (scp.max_associations + scp.max_pending_connections)")),
+    ],
+    ids=["calling", "called", "both", "limit"],
+)
+def test_rejection_is_logged_with_its_actual_cause(caplog, calling, called, limit, cause):
+    allowed = ("CT1", "PACS")
+
+    def ours() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "scp.handlers"]
+
+    scp = AE(ae_title="CACNODE")
+    scp.require_called_aet = True
+    scp.require_calling_aet = list(allowed)
+    scp.maximum_associations = limit
+    scp.add_supported_context(Verification)
+    port = free_port()
+    server = scp.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_REJECTED, handle_rejected, [allowed, Counters()])]
+    )
+    idle = socket.create_connection(("127.0.0.1", port))  # holds a connection, as a sender that has not asked yet
+    try:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Verification)
+        with caplog.at_level(logging.WARNING, logger="scp.handlers"):
+            assoc = ae.associate("127.0.0.1", port, ae_title=called)
+            assert assoc.is_rejected
+            wait_for(lambda: ours(), 10, "the rejection log line")
+    finally:
+        idle.close()
+        server.shutdown()
+    (record,) = ours()
+    assert record.getMessage().startswith(f"association from {calling!r} at 127.0.0.1:")
+    assert record.getMessage().endswith(f" rejected: {cause}")
 
 
 def test_dicom_tls_listener_accepts_tls_and_refuses_plain(tmp_path):

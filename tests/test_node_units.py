@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from cacnode.config import load_config
 from cacnode.settings import ConfigError
+from scp.admin import format_status, status_document
 from scp.completion import CompletionPolicy
 from scp.db import Database
 from scp.delivery import DeliveryPolicy
@@ -136,6 +139,40 @@ def test_job_lifecycle_to_sent(db, tmp_path):
     db.delivery_attempted(deliveries[1].id, 5.0, error=None, next_attempt=None)
     assert db.series_state(SERIES) == "sent"
     assert db.due_deliveries(100.0) == []
+
+
+def test_status_says_a_report_without_destination_was_kept_and_where(db, tmp_path):
+    kept_dir = tmp_path / "results" / "kept"
+    for n, (series, destinations) in enumerate([(SERIES, []), ("1.2.3.5", [("PACS", "127.0.0.1", 104)])], start=1):
+        db.record_instance(key(n, series), "1.2", tmp_path / "x", 10, 1.0)
+        job_id = db.complete_series(series, 2.0)
+        db.claim_job(3.0)
+        db.finish_job(job_id, 4.0, result_dir=kept_dir if not destinations else tmp_path / "sent", sr_uid="1.9",
+                      total_agatston=0.0, destinations=destinations)  # fmt: skip
+    (delivery,) = db.due_deliveries(4.0)
+    db.delivery_attempted(delivery.id, 5.0, error=None, next_attempt=None)
+    doc = status_document(db)
+    assert doc["counts"]["series"] == {"kept": 1, "sent": 1} and doc["counts"]["jobs"] == {"kept": 1, "sent": 1}
+    rows = {r["series_uid"]: r for r in doc["series"]}
+    assert rows[SERIES]["state"] == "kept" and rows[SERIES]["result_dir"] == str(kept_dir)
+    assert rows["1.2.3.5"]["state"] == "sent"
+    (line,) = [line for line in format_status(doc).splitlines() if line.startswith(SERIES + " ")]
+    assert line.split()[1] == "kept" and line.endswith(f"no destination; report kept in {kept_dir}")
+    assert db.series_state(SERIES) == "sent"  # stored as before: nothing is left to deliver
+
+
+def test_node_report_files_get_the_mode_the_umask_gives(tmp_path):
+    from node_support import small_series
+    from scp.worker import write_results
+
+    (ds,) = small_series(n_slices=1)  # any valid DICOM object stands in for the SR here
+    previous = os.umask(0o022)
+    try:
+        write_results(tmp_path / "r", [("sr.dcm", ds), ("seg.dcm", None)], {"total": 0})
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "r").iterdir()}
+    assert modes == {"sr.dcm": 0o644, "result.json": 0o644}
 
 
 def test_failed_delivery_waits_for_manual_retry(db, tmp_path):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +276,34 @@ def test_report_section_of_config_toml_loads(tmp_path: Path) -> None:
     path.write_text('[report]\nwrite_seg = false\nsr_series_number = 77\nkey_slices = 3\n')
     report = load_config(path).report
     assert (report.write_seg, report.write_summary, report.sr_series_number, report.key_slices) == (False, True, 77, 3)
+
+
+def test_missing_seg_of_a_series_without_calcium_is_logged_once(tmp_path: Path, caplog) -> None:
+    series, labels, result = make_case(calcium=False)
+    with caplog.at_level(logging.DEBUG, logger="dicom_sr"):
+        write_report_files(result, labels, series, IDENTITY, ReportConfig(), seg_path=tmp_path / "seg.dcm")
+    (line,) = [r.getMessage() for r in caplog.records if "SEG" in r.getMessage()]
+    assert line == f"series {series.series_uid}: no SEG written to {tmp_path / 'seg.dcm'}: no artery has calcium"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["umask-022", "umask-027"])
+def test_report_files_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    series, labels, result = make_case()
+    paths = {name: tmp_path / f"{name}.dcm" for name in ("sr", "seg", "sc")}
+    previous = os.umask(umask)
+    try:
+        write_report_files(result, labels, series, IDENTITY, ReportConfig(), sr_path=paths["sr"],
+                           seg_path=paths["seg"], summary_path=paths["sc"])  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert {name: stat.S_IMODE(p.stat().st_mode) for name, p in paths.items()} == dict.fromkeys(paths, mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sc.dcm", "seg.dcm", "sr.dcm"]  # no temporary file left
+
+
+def test_unwritable_report_file_is_a_clear_error(tmp_path: Path) -> None:
+    from pipeline.errors import CacnodeError
+
+    series, labels, result = make_case()
+    with pytest.raises(CacnodeError, match=r"^cannot write .*missing/sr\.dcm: No such file or directory$"):
+        write_report_files(result, labels, series, IDENTITY, ReportConfig(), sr_path=tmp_path / "missing" / "sr.dcm")
+    assert not (tmp_path / "missing").exists()

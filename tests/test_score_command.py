@@ -160,3 +160,30 @@ def test_broken_series_is_one_line(case, tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "slice(s) missing" in lines[0], result.stderr
+
+
+def test_folder_with_several_series_names_the_option_that_chooses(case, tmp_path):
+    folder, _ = case
+    hu, _ = constructed_case()
+    other = build_ct_datasets(hu[:12], pixel_spacing_mm=SPACING, slice_thickness_mm=2.5, increment_mm=INCREMENT,
+                              header=CTHeader())  # fmt: skip
+    write_datasets(other, folder / "other")
+    result = cacnode("score", str(folder), "--labels", str(tmp_path / "x.nii.gz"), cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "holds 2 series; choose one with --series-uid: " in lines[0]
+    assert str(other[0].SeriesInstanceUID) in lines[0]
+
+
+def test_seg_of_a_series_without_calcium_is_not_written_and_logged_once(case, tmp_path):
+    folder, _ = case
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ series_affine(load_series(folder))
+    nib.save(nib.Nifti1Image(np.zeros((48, 48, 30), dtype=np.uint8), affine), tmp_path / "none.nii.gz")
+    seg = tmp_path / "seg.dcm"
+    result = cacnode("score", str(folder), "--labels", str(tmp_path / "none.nii.gz"), "--seg", str(seg), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not seg.exists()
+    mentions = [line for line in result.stderr.splitlines() if "SEG" in line]
+    assert len(mentions) == 1, result.stderr
+    assert mentions[0].endswith(f"no SEG written to {seg}: no artery has calcium")

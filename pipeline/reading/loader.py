@@ -30,7 +30,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from pipeline.errors import SeriesError
+from pipeline.errors import SeriesError, SeveralSeriesError
 from pipeline.reading.series import Acquisition, CTSeries, Geometry
 from pipeline.reading.stacking import StackError, check_orientations, obliquity_degrees, plane_name, sort_stack
 
@@ -89,14 +89,16 @@ def load_series(
         folder = Path(source)
         named = _read_folder(folder, stop_before_pixels=False)
         where = f"folder {folder}"
+        if not named:
+            raise SeriesError(f"{where}: {_nothing_found(folder)}")
     else:
         named = [(f"dataset {i}", ds) for i, ds in enumerate(source)]
         where = "the datasets given"
         unnamed = [name for name, ds in named if "SeriesInstanceUID" not in ds]
         if unnamed:
             raise SeriesError(f"{where}: {unnamed[0]} has no Series Instance UID")
-    if not named:
-        raise SeriesError(f"{where}: no DICOM files")
+        if not named:
+            raise SeriesError(f"{where}: no DICOM files")
     groups: dict[str, list[tuple[str, Dataset]]] = {}
     for name, ds in named:
         groups.setdefault(str(ds.SeriesInstanceUID), []).append((name, ds))
@@ -111,19 +113,60 @@ def _read_folder(folder: Path, stop_before_pixels: bool) -> list[tuple[str, Data
     if not folder.is_dir():
         raise SeriesError(f"folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder")
     found = []
+    foreign = []  # files that are not DICOM at all: one line for them all, not a warning each
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = str(path.relative_to(folder))
+        if not _is_part10(path):
+            foreign.append(name)
+            continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
             for _ in ds.iterall():  # pydicom converts elements lazily: a bad one fails here, not in a later step
                 pass
         except _UNREADABLE as exc:
-            logger.warning("skipping %s: not a readable DICOM file (%s)", path, str(exc).splitlines()[0][:120])
+            logger.warning("skipping %s: not a readable DICOM file (%s)", path, _first_line(exc))
             continue
         if "SeriesInstanceUID" not in ds or path.name == "DICOMDIR":
             logger.warning("skipping %s: no Series Instance UID (truncated, or not an image)", path)
             continue
-        found.append((str(path.relative_to(folder)), ds))
+        found.append((name, ds))
+    if foreign and found:  # with nothing found, the caller's error says it instead
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        logger.warning("folder %s: skipping %d file(s) that are not DICOM: %s", folder, len(foreign), shown)
     return found
+
+
+def _is_part10(path: Path) -> bool:
+    """True for a DICOM file: 128-byte preamble, then "DICM" (PS3.10 7.1).
+
+    pydicom refuses any other file unless forced, and forcing would read
+    text or images as garbage data sets, so the others are not opened.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return True  # let dcmread report why it cannot be read
+    return head[128:132] == b"DICM"
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, shortened at a word boundary."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _nothing_found(folder: Path) -> str:
+    """Why a folder gave no series, for the error: empty, no DICOM among its files, or none readable."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if not files:
+        return "no DICOM files (the folder is empty)"
+    dicom = sum(1 for p in files if _is_part10(p))
+    if dicom == 0:
+        return f"{len(files)} file(s) found, none of them DICOM"
+    return f"{len(files)} file(s) found, {dicom} of them DICOM, none a readable image (each skipped above)"
 
 
 def _choose(groups: dict[str, list[tuple[str, Dataset]]], series_uid: str | None, where: str, mixed: bool) -> str:
@@ -133,8 +176,9 @@ def _choose(groups: dict[str, list[tuple[str, Dataset]]], series_uid: str | None
         return series_uid
     if len(groups) == 1:
         return next(iter(groups))
-    problem = "mixes" if mixed else "holds"
-    raise SeriesError(f"{where} {problem} {len(groups)} series, choose one by UID: {_choices(groups)}")
+    if mixed:
+        raise SeriesError(f"{where} mixes {len(groups)} series, choose one by UID: {_choices(groups)}")
+    raise SeveralSeriesError(where, len(groups), _choices(groups))
 
 
 def _choices(groups: dict[str, list[tuple[str, Dataset]]]) -> str:
