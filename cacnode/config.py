@@ -15,7 +15,7 @@ from dicom_sr.config import ReportConfig
 from pipeline.reading.eligibility import EligibilityRules
 from pipeline.model.inference import ModelConfig
 from pipeline.scoring.agatston import ScoringProfile
-from scp.config import Destination, ScpConfig, SeriesConfig, StorageConfig
+from scp.config import Destination, DicomWebDestination, ScpConfig, SeriesConfig, StorageConfig
 from training.config import TrainingConfig
 
 
@@ -24,12 +24,22 @@ class Config:
     scp: ScpConfig = field(default_factory=ScpConfig)
     series: SeriesConfig = field(default_factory=SeriesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    destinations: tuple[Destination, ...] = ()
+    # C-STORE or STOW-RS peers, told apart by each entry's ``kind`` ("dimse" when absent)
+    destinations: tuple[Destination | DicomWebDestination, ...] = ()
     scoring: ScoringProfile = field(default_factory=ScoringProfile)
     eligibility: EligibilityRules = field(default_factory=EligibilityRules)
     model: ModelConfig = field(default_factory=ModelConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        # A destination's key names its deliveries in the database; two entries
+        # with one key would be one peer sent every report twice.
+        seen: dict[str, int] = {}
+        for i, d in enumerate(self.destinations):
+            if d.key in seen:
+                raise ValueError(f"destinations[{i}] is the same destination as destinations[{seen[d.key]}] ({d.key})")
+            seen[d.key] = i
 
 
 def load_config(path: Path | None) -> Config:
@@ -50,7 +60,7 @@ def load_config(path: Path | None) -> Config:
     try:
         config = from_table(Config, doc, "config")
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}".replace(": config.", ": ")) from None
+        raise ConfigError(f"{path}: {exc}".replace(": config.", ": ").replace(": config: ", ": ")) from None
     return _resolve_paths(config, path.resolve().parent)
 
 

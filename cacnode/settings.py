@@ -61,6 +61,36 @@ def from_table(cls: type[T], table: dict[str, Any] | None, section: str) -> T:
         raise ConfigError(f"{section}: {exc}") from None
 
 
+def _variant(options: tuple[Any, ...], value: Any, key: str) -> type | None:
+    """The dataclass among ``options`` that a table's ``kind`` names (the one whose ``kind`` has a default, if absent).
+
+    None when ``options`` are not dataclasses told apart by a ``kind`` literal
+    (``[[destinations]]`` are): each table is then built as exactly one of them,
+    so its errors speak of that kind, not of the first one tried.
+    """
+    kinds: dict[Any, type] = {}
+    default: type | None = None
+    for option in options:
+        if not dataclasses.is_dataclass(option):
+            return None
+        kind = next((f for f in dataclasses.fields(option) if f.name == "kind"), None)
+        hint = typing.get_type_hints(option).get("kind")
+        if kind is None or typing.get_origin(hint) is not typing.Literal:
+            return None
+        kinds.update((k, option) for k in typing.get_args(hint))
+        if kind.default is not dataclasses.MISSING:
+            default = option
+    if not isinstance(value, dict):
+        return None
+    if "kind" not in value:
+        if default is None:
+            raise ConfigError(f"{key}: missing key kind")
+        return default
+    if value["kind"] not in kinds:
+        raise ConfigError(f"{key}.kind: must be one of {', '.join(map(repr, kinds))}, got {value['kind']!r}")
+    return kinds[value["kind"]]
+
+
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     """Check ``value`` against ``hint`` and convert TOML lists to tuples."""
     origin = typing.get_origin(hint)
@@ -68,6 +98,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        variant = _variant(args, value, key)
+        if variant is not None:
+            return from_table(variant, value, key)
         errors = []
         for option in args:
             if option is type(None):

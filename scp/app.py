@@ -37,12 +37,14 @@ from cacnode.config import Config
 from pipeline.errors import CacnodeError
 from scp.admission import Admission, AdmissionLimits, GuardedServer
 from scp.completion import CompletionPolicy
+from scp.config import DicomWebDestination
 from scp.db import Database
 from scp.delivery import DeliveryLoop, DeliveryPolicy
 from scp.handlers import StoreContext, handle_accepted, handle_echo, handle_rejected, handle_store
 from scp.metrics import Counters, MetricsServer, prometheus_text
 from scp.sources import SourceFilter
 from scp.spool import Spool
+from scp.stow import check_secret_files
 from scp.worker import WorkerSettings, run_worker
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,11 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def web_destinations(config: Config) -> tuple[DicomWebDestination, ...]:
+    """The STOW-RS destinations among ``[[destinations]]``."""
+    return tuple(d for d in config.destinations if isinstance(d, DicomWebDestination))
+
+
 def worker_settings(config: Config) -> WorkerSettings:
     return WorkerSettings(
         storage=config.storage,
@@ -147,9 +154,9 @@ def _worker_main(settings: WorkerSettings, control: Connection, parent_pid: int,
 
 
 def _quiet_chatty_libraries() -> None:
-    """One log line per event: pynetdicom (per PDU and instance) and highdicom (per copied module) say more at INFO."""
+    """One log line per event: pynetdicom (per PDU), highdicom (per module), dicomweb-client (per request) say more."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        for name in ("pynetdicom", "highdicom"):
+        for name in ("pynetdicom", "highdicom", "dicomweb_client"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -269,6 +276,7 @@ class Node:
             ),
             clock,
             self.counters,
+            web_destinations=web_destinations(config),
         )
         self.metrics: MetricsServer | None = None
         self._server: GuardedServer | None = None
@@ -454,6 +462,12 @@ def serve(config: Config) -> int:
 
     if not config.model.weights.is_file():  # fail before opening a port, not in the worker's restart loop
         raise CacnodeError(f"model weights {config.model.weights} not found ([model] weights)")
+    for destination in web_destinations(config):  # a secret file unreadable by the node's user fails now, not later
+        problem = check_secret_files(destination)
+        if problem is not None:
+            raise CacnodeError(f"destination {problem}")
+        if destination.auth != "none" and destination.key.lower().startswith("http://"):
+            log.warning("destination %s: credentials go unencrypted over plain http", destination.key)
     node: Node | None = None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     _quiet_chatty_libraries()

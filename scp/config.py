@@ -10,8 +10,10 @@ opens a port.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 # PS3.8 9.3.2: an AE title is at most 16 characters of the default character
 # repertoire, without backslash or control characters; all spaces is not a title.
@@ -73,7 +75,7 @@ class ScpConfig:
     network_timeout_seconds: float = 60.0
     return_to_caller: bool = False  # also send reports to the AE that sent the series
     return_port: int = 104  # port of the calling AE's storage SCP for return_to_caller
-    retry_max_attempts: int = 5  # C-STORE attempts per destination before "failed"
+    retry_max_attempts: int = 5  # delivery attempts (C-STORE or STOW-RS) per destination before "failed"
     retry_backoff_seconds: float = 10.0  # first retry delay; doubles each attempt
     # Times a job is started; a job whose worker died (killed, out of memory)
     # this often is failed with the reason instead of being taken up again.
@@ -170,11 +172,12 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class Destination:
-    """A storage SCP that receives the reports (``[[destinations]]``)."""
+    """A storage SCP that receives the reports by C-STORE (``[[destinations]]``, ``kind = "dimse"``)."""
 
     ae_title: str
     host: str
     port: int
+    kind: Literal["dimse"] = "dimse"  # the default kind, so entries written before DICOMweb stay valid
 
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title, "destinations.ae_title")
@@ -186,3 +189,81 @@ class Destination:
     def key(self) -> str:
         """The name of this destination in the database and the logs."""
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DicomWebDestination:
+    """A DICOMweb origin server that receives the reports by STOW-RS (``[[destinations]]``, ``kind = "dicomweb"``).
+
+    Secrets are best kept in files (``password_file``, ``token_file``) that
+    only the node's user can read; they are read at each attempt, so a
+    rotated token needs no restart.  The inline ``password`` and ``token``
+    are kept out of ``repr`` and therefore out of logs and tracebacks.
+    """
+
+    kind: Literal["dicomweb"]
+    url: str  # the DICOMweb base URL; STOW-RS posts to {url}/studies (PS3.18 10.5)
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str = ""  # basic
+    password: str = field(default="", repr=False)  # basic, or password_file
+    password_file: Path | None = None
+    token: str = field(default="", repr=False)  # bearer, or token_file
+    token_file: Path | None = None
+    tls_verify: bool = True  # check the server's certificate and name (https); off only for a test bench
+    ca_bundle: Path | None = None  # PEM file of the CAs to trust instead of the system's (a hospital's own CA)
+
+    def __post_init__(self) -> None:
+        check_dicomweb_url(self.url, "destinations.url")
+        basic = {"username": self.username, "password": self.password, "password_file": self.password_file}
+        bearer = {"token": self.token, "token_file": self.token_file}
+        if self.auth != "basic":
+            _unused(basic, f"auth is {self.auth!r}")
+        if self.auth != "bearer":
+            _unused(bearer, f"auth is {self.auth!r}")
+        if self.auth == "basic":
+            if not self.username:
+                raise ValueError("destinations.username is needed for auth = 'basic'")
+            _exactly_one(basic, "password", "password_file", "auth = 'basic'")
+        if self.auth == "bearer":
+            _exactly_one(bearer, "token", "token_file", "auth = 'bearer'")
+        https = self.url.lower().startswith("https://")
+        if self.ca_bundle is not None and not self.tls_verify:
+            raise ValueError("destinations.ca_bundle is given but destinations.tls_verify is false")
+        if not https and (self.ca_bundle is not None or not self.tls_verify):
+            raise ValueError(f"destinations.ca_bundle and destinations.tls_verify apply to https only, not {self.url}")
+
+    @property
+    def key(self) -> str:
+        """The name of this destination in the database and the logs: its URL, which holds no secret."""
+        return self.url.rstrip("/")
+
+
+def check_dicomweb_url(value: str, key: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is an http(s) base URL without credentials, query or fragment."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{key} must be an http:// or https:// URL with a host, got {value!r}")
+    if parts.username is not None or parts.password is not None:
+        # the URL is the destination's name in the database and logs
+        raise ValueError(f"{key} must not hold a user name or password; use username and password_file")
+    if ":" in parts.hostname:  # dicomweb-client parses the host as text up to the first colon
+        raise ValueError(f"{key}: an IPv6 address cannot be used here; give a host name, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{key} must be a base URL without query or fragment, got {value!r}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        raise ValueError(f"{key} has an invalid port: {value!r}")
+
+
+def _unused(values: dict[str, object], why: str) -> None:
+    given = [name for name, value in values.items() if value]
+    if given:
+        raise ValueError(f"destinations.{given[0]} is set but {why}")
+
+
+def _exactly_one(values: dict[str, object], inline: str, file: str, what: str) -> None:
+    if bool(values[inline]) == bool(values[file]):
+        raise ValueError(f"{what} needs exactly one of destinations.{inline} or destinations.{file}")

@@ -214,9 +214,12 @@ class Database:
         sr_uid: str,
         total_agatston: float,
         destinations: Sequence[tuple[str, str, int]],
+        web_destinations: Sequence[str] = (),
     ) -> None:
         """A report was written: record it and queue one delivery per destination.
 
+        ``destinations`` are C-STORE peers (AE title, host, port);
+        ``web_destinations`` are the keys (URLs) of STOW-RS destinations.
         Pending deliveries of older reports of the same series are superseded.
         """
         with self._tx() as c:
@@ -225,7 +228,7 @@ class Database:
                 "UPDATE deliveries SET state = 'superseded', updated = ? WHERE series_uid = ? AND state = 'pending'",
                 (now, series_uid),
             )
-            state = "reported" if destinations else "sent"
+            state = "reported" if destinations or web_destinations else "sent"
             c.execute(
                 "UPDATE jobs SET state = ?, finished = ?, result_dir = ?, sr_uid = ?, total_agatston = ? WHERE id = ?",
                 (state, now, str(result_dir), sr_uid, total_agatston, job_id),
@@ -235,6 +238,12 @@ class Database:
                     "INSERT INTO deliveries (job_id, series_uid, destination, ae_title, host, port, state,"
                     " next_attempt, updated) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
                     (job_id, series_uid, f"{ae_title}@{host}:{port}", ae_title, host, port, now, now),
+                )
+            for url in web_destinations:
+                c.execute(
+                    "INSERT INTO deliveries (job_id, series_uid, destination, kind, ae_title, host, port, state,"
+                    " next_attempt, updated) VALUES (?, ?, ?, 'dicomweb', '', '', 0, 'pending', ?, ?)",
+                    (job_id, series_uid, url, now, now),
                 )
             self._series_follows(c, job_id, state, None, now)
 
@@ -260,7 +269,8 @@ class Database:
 
     def due_deliveries(self, now: float) -> list[Delivery]:
         rows = self._query(
-            "SELECT d.id, d.job_id, d.series_uid, d.destination, d.ae_title, d.host, d.port, d.attempts, j.result_dir"
+            "SELECT d.id, d.job_id, d.series_uid, d.destination, d.ae_title, d.host, d.port, d.attempts, j.result_dir,"
+            " d.kind"
             " FROM deliveries d JOIN jobs j ON j.id = d.job_id"
             " WHERE d.state = 'pending' AND d.next_attempt <= ? ORDER BY d.next_attempt, d.id",
             (now,),

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     job_id INTEGER NOT NULL REFERENCES jobs(id),
     series_uid TEXT NOT NULL,
     destination TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'dimse',
     ae_title TEXT NOT NULL,
     host TEXT NOT NULL,
     port INTEGER NOT NULL,
@@ -63,7 +64,10 @@ CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state);
 """
 
 # Columns added since the first release, for databases created before them: (table, column, definition).
-ADDED_COLUMNS = (("jobs", "attempts", "INTEGER NOT NULL DEFAULT 0"),)
+ADDED_COLUMNS = (
+    ("jobs", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("deliveries", "kind", "TEXT NOT NULL DEFAULT 'dimse'"),
+)
 
 
 @dataclass(frozen=True)
@@ -80,17 +84,23 @@ class Job:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One report to send to one destination."""
+    """One report to send to one destination.
+
+    A ``dimse`` delivery carries its peer's address (a configured one or the
+    calling AE); a ``dicomweb`` one only its ``destination`` key, the URL, so
+    that no credential is ever stored: the sender finds them in the config.
+    """
 
     id: int
     job_id: int
     series_uid: str
     destination: str
-    ae_title: str
+    ae_title: str  # dimse only ("" for dicomweb), as host and port
     host: str
     port: int
     attempts: int
     result_dir: str
+    kind: str = "dimse"  # "dimse" (C-STORE) or "dicomweb" (STOW-RS)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""Sending reports: C-STORE of the SR, SEG and summary to each destination, with retries.
+"""Sending reports: the SR, SEG and summary to each destination, by C-STORE or STOW-RS, with retries.
 
 Each (report, destination) pair is one row of the ``deliveries`` table.  An
 attempt that does not end in every file stored -- connection refused,
-association rejected or aborted, a timeout, a Failure or Refused status -- is
+association rejected or aborted, a timeout, a Failure or Refused status, an
+HTTP error or a STOW-RS response listing failures (``scp.stow``) -- is
 retried after ``backoff * 2**(attempt - 1)`` seconds, up to
 ``retry_max_attempts``; then the delivery is ``failed`` and waits for
 ``cacnode retry``.  Warning statuses (0xB000, 0xB007, 0xB006: stored with
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.status import code_to_category, STATUS_SUCCESS, STATUS_WARNING
 
+from scp.config import DicomWebDestination
 from scp.db import Database, Delivery
 from scp.metrics import Counters
+from scp.stow import stow_files
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +97,38 @@ def report_files(result_dir: Path) -> list[Path]:
     return [result_dir / name for name in REPORT_FILES if (result_dir / name).is_file()]
 
 
-def attempt(db: Database, policy: DeliveryPolicy, d: Delivery, clock: Callable[[], float], counters: Counters) -> str:
-    """Try one delivery once and record the outcome; return its new state."""
+def send(
+    policy: DeliveryPolicy, d: Delivery, files: Sequence[Path], web_destinations: Mapping[str, DicomWebDestination]
+) -> str | None:
+    """Send ``files`` the way the delivery's destination takes them; return None when all were stored, else why not."""
+    if d.kind == "dicomweb":
+        destination = web_destinations.get(d.destination)
+        if destination is None:  # queued before a config change that removed it
+            return f"{d.destination} is no longer a configured destination"
+        return stow_files(destination, files, policy.connect_timeout, policy.network_timeout)
+    return send_files(policy, d.ae_title, d.host, d.port, files)
+
+
+def attempt(
+    db: Database,
+    policy: DeliveryPolicy,
+    d: Delivery,
+    clock: Callable[[], float],
+    counters: Counters,
+    web_destinations: Mapping[str, DicomWebDestination],
+) -> str:
+    """Try one delivery once and record the outcome; return its new state.
+
+    ``web_destinations`` are the configured STOW-RS destinations by key, where
+    a ``dicomweb`` delivery finds its URL, credentials and TLS settings.
+    """
     files = report_files(Path(d.result_dir))
     if not files:
         error: str | None = f"no report files in {d.result_dir}"
     else:
         try:
-            error = send_files(policy, d.ae_title, d.host, d.port, files)
-        except (OSError, RuntimeError, ValueError) as exc:  # socket and pynetdicom failures
+            error = send(policy, d, files, web_destinations)
+        except (OSError, RuntimeError, ValueError) as exc:  # socket, pynetdicom and unreadable-file failures
             error = f"{type(exc).__name__}: {exc}"
     now = clock()
     done = d.attempts + 1
@@ -129,6 +155,7 @@ class DeliveryLoop:
 
     Polling (every ``poll_seconds``) is what lets the worker, a separate
     process, hand over reports through the database alone.
+    ``web_destinations`` are the configured STOW-RS destinations.
     """
 
     def __init__(
@@ -138,9 +165,11 @@ class DeliveryLoop:
         clock: Callable[[], float],
         counters: Counters,
         poll_seconds: float = 0.05,
+        web_destinations: Sequence[DicomWebDestination] = (),
     ) -> None:
         self.db = db
         self.policy = policy
+        self.web_destinations = {d.key: d for d in web_destinations}
         self.clock = clock
         self.counters = counters
         self.poll_seconds = poll_seconds
@@ -163,5 +192,5 @@ class DeliveryLoop:
             for d in self.db.due_deliveries(self.clock()):
                 if self._stop.is_set():
                     return
-                attempt(self.db, self.policy, d, self.clock, self.counters)
+                attempt(self.db, self.policy, d, self.clock, self.counters, self.web_destinations)
             self._stop.wait(self.poll_seconds)

@@ -30,7 +30,7 @@ from pipeline.reading.eligibility import EligibilityRules
 from pipeline.errors import CacnodeError
 from pipeline.model.inference import ModelConfig
 from pipeline.scoring.agatston import ScoringProfile
-from scp.config import Destination, StorageConfig
+from scp.config import Destination, DicomWebDestination, StorageConfig
 from scp.db import Database, Job
 from scp.spool import Spool
 
@@ -52,20 +52,25 @@ class WorkerSettings:
     eligibility: EligibilityRules
     scoring: ScoringProfile
     report: ReportConfig
-    destinations: tuple[Destination, ...]
+    destinations: tuple[Destination | DicomWebDestination, ...]
     return_to_caller: bool
     return_port: int
     poll_seconds: float = 0.05  # how often the job table is checked when idle (a cheap indexed query)
 
 
 def destinations_for(settings: WorkerSettings, job: Job) -> list[tuple[str, str, int]]:
-    """Configured destinations, plus the calling AE when ``return_to_caller`` is on."""
-    out = [(d.ae_title, d.host, d.port) for d in settings.destinations]
+    """Configured C-STORE destinations, plus the calling AE when ``return_to_caller`` is on."""
+    out = [(d.ae_title, d.host, d.port) for d in settings.destinations if isinstance(d, Destination)]
     if settings.return_to_caller and job.calling_aet and job.calling_host:
         caller = (job.calling_aet, job.calling_host, settings.return_port)
         if caller not in out:
             out.append(caller)
     return out
+
+
+def web_destinations_for(settings: WorkerSettings) -> list[str]:
+    """Keys (URLs) of the configured STOW-RS destinations; their credentials stay in the config."""
+    return [d.key for d in settings.destinations if isinstance(d, DicomWebDestination)]
 
 
 def write_results(folder: Path, objects: Sequence[tuple[str, Dataset | None]], summary: dict) -> None:
@@ -106,6 +111,7 @@ class Outcome:
     sr_uid: str | None = None
     total_agatston: float | None = None
     destinations: tuple[tuple[str, str, int], ...] = ()
+    web_destinations: tuple[str, ...] = ()
 
 
 def process_job(job: Job, settings: WorkerSettings, labeller: object) -> Outcome:
@@ -140,25 +146,27 @@ def process_job(job: Job, settings: WorkerSettings, labeller: object) -> Outcome
     identity = labeller.identity  # type: ignore[attr-defined]
     result = score_series(series, labels, settings.scoring, f"model:{identity.name} {identity.version}")
     report = build_report(result, labels, series, identity, settings.report)
+    if settings.report.write_seg and report.seg is None:
+        log.info("series %s: no lesion SEG: no artery has calcium", job.series_uid)
     summary = to_json(result)
     summary["sr_sop_instance_uid"] = str(report.sr.SOPInstanceUID)
     summary["generation"] = job.generation
     result_dir = settings.storage.results / job.study_uid / job.series_uid / f"{job.generation:03d}-job{job.id}"
     write_results(result_dir, [("sr.dcm", report.sr), ("seg.dcm", report.seg), ("summary.dcm", report.summary)], summary)
     destinations = tuple(destinations_for(settings, job))
-    if settings.report.write_seg and report.seg is None:
-        log.info("series %s: no lesion SEG: no artery has calcium", job.series_uid)
+    web_destinations = tuple(web_destinations_for(settings))
     log.info(
         "series %s: reported (generation %d, %d slices, Agatston %.1f) in %.1f s; %d destination(s)",
         job.series_uid, job.generation, result.n_slices, result.score.total.agatston,
-        time.monotonic() - started, len(destinations),
+        time.monotonic() - started, len(destinations) + len(web_destinations),
     )
     return Outcome(
-        "reported" if destinations else "sent",
+        "reported" if destinations or web_destinations else "sent",
         result_dir=result_dir,
         sr_uid=str(report.sr.SOPInstanceUID),
         total_agatston=float(result.score.total.agatston),
         destinations=destinations,
+        web_destinations=web_destinations,
     )
 
 
@@ -172,6 +180,7 @@ def record(db: Database, job: Job, outcome: Outcome) -> None:
             sr_uid=outcome.sr_uid or "",
             total_agatston=outcome.total_agatston or 0.0,
             destinations=outcome.destinations,
+            web_destinations=outcome.web_destinations,
         )
     else:
         db.end_job(job.id, outcome.state, outcome.reason or "", time.time())

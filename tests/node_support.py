@@ -75,12 +75,17 @@ def write_node_config(
     storage: Path,
     weights: Path,
     destinations: Sequence[tuple[str, int]] = (),
+    web_destinations: Sequence[dict[str, Any]] = (),
     quiet_seconds: float = 1.0,
     allowed_calling_aets: Sequence[str] = (),
     scp: dict[str, Any] | None = None,
     eligibility: dict[str, Any] | None = None,
 ) -> Path:
-    """A test config: short quiet period and back-off, CPU model, peers on 127.0.0.1."""
+    """A test config: short quiet period and back-off, CPU model, peers on 127.0.0.1.
+
+    ``destinations`` are C-STORE peers (AE title, port); each of ``web_destinations``
+    is the table of one STOW-RS destination (``url`` and its auth keys).
+    """
     sections: dict[str, dict[str, Any]] = {
         "scp": {
             "ae_title": "CACNODE",
@@ -105,6 +110,8 @@ def write_node_config(
         lines.append("")
     for aet, dport in destinations:
         lines += ["[[destinations]]", f'ae_title = "{aet}"', 'host = "127.0.0.1"', f"port = {dport}", ""]
+    for table in web_destinations:
+        lines += ["[[destinations]]", 'kind = "dicomweb"', *(f"{k} = {_toml_value(v)}" for k, v in table.items()), ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -173,19 +180,28 @@ class NodeProcess:
 
     def series_state(self, series_uid: str) -> str | None:
         """The series' state, read straight from the database (``cacnode status`` takes a second to start)."""
+        rows = self.query("SELECT state FROM series WHERE series_uid = ?", (series_uid,))
+        return rows[0]["state"] if rows else None
+
+    def deliveries(self, series_uid: str) -> list[dict[str, Any]]:
+        """The series' deliveries (destination, state, attempts, last_error, ...), straight from the database."""
+        return [dict(r) for r in self.query("SELECT * FROM deliveries WHERE series_uid = ? ORDER BY id", (series_uid,))]
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a read-only query on the node's database ([] before it exists)."""
         import sqlite3
         import tomllib
 
         storage = Path(tomllib.loads(self.config.read_text())["storage"]["directory"])
         path = storage / "cacnode.sqlite3"
         if not path.is_file():
-            return None
+            return []
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
         try:
-            row = conn.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+            return conn.execute(sql, args).fetchall()
         finally:
             conn.close()
-        return row[0] if row else None
 
 
 class DcmtkStoreSCP:
@@ -269,15 +285,41 @@ def node_weights() -> Path:
 
 
 class OrthancPeer:
-    """Orthanc with its own storage, a DICOM port and a REST port on 127.0.0.1."""
+    """Orthanc with its own storage, a DICOM port and a REST port on 127.0.0.1.
 
-    def __init__(self, root: Path, aet: str = "ORTHANC", modalities: dict[str, tuple[str, int]] | None = None) -> None:
+    Optionally with its DICOMweb plugin (at ``dicomweb_url``), HTTP basic
+    authentication for ``users`` (name: password) and HTTPS with
+    ``certificate`` (a PEM file holding the certificate and its key).  The
+    ports stay the same across ``stop`` and ``start``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        aet: str = "ORTHANC",
+        modalities: dict[str, tuple[str, int]] | None = None,
+        *,
+        dicomweb: bool = False,
+        users: dict[str, str] | None = None,
+        certificate: Path | None = None,
+    ) -> None:
         self.root = root
         self.aet = aet
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
+        self.plugins = [str(orthanc_dicomweb_plugin())] if dicomweb else []
+        self.users = users or {}
+        self.certificate = certificate
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.certificate else 'http'}://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.base_url}/dicom-web"
 
     def start(self, timeout: float = 60) -> OrthancPeer:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -289,12 +331,15 @@ class OrthancPeer:
             "DicomPort": self.dicom_port,
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
+            "SslEnabled": self.certificate is not None,
+            "SslCertificate": str(self.certificate) if self.certificate else None,
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowEcho": True,
             "DicomModalities": {name: [aet, "127.0.0.1", port] for name, (aet, port) in self.modalities.items()},
-            "Plugins": [],
+            "Plugins": self.plugins,
             "SaveJobs": False,
             "StorageCompression": False,
             "OverwriteInstances": True,
@@ -317,12 +362,18 @@ class OrthancPeer:
             return False
 
     def rest(self, method: str, path: str, body: bytes | dict | str | None = None) -> Any:
+        import base64
+        import ssl
         import urllib.request
 
         data = json.dumps(body).encode() if isinstance(body, (dict, list)) else (
             body.encode() if isinstance(body, str) else body)
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method)
-        with urllib.request.urlopen(request, timeout=120) as response:
+        request = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        context = ssl.create_default_context(cafile=str(self.certificate)) if self.certificate else None
+        with urllib.request.urlopen(request, timeout=120, context=context) as response:
             text = response.read()
         return json.loads(text) if text else None
 
@@ -340,4 +391,14 @@ def orthanc_binary() -> str:
         if Path(candidate).is_file():
             return candidate
     pytest.skip("Orthanc is not installed (apt-get install orthanc)")
+    raise AssertionError  # unreachable
+
+
+def orthanc_dicomweb_plugin() -> Path:
+    """Orthanc's DICOMweb plugin (Debian: orthanc-dicomweb), skipping the test when it is not installed."""
+    for folder in (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc")):
+        found = sorted(folder.glob("libOrthancDicomWeb.so*"))
+        if found:
+            return found[0]
+    pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
     raise AssertionError  # unreachable

@@ -92,3 +92,69 @@ def test_invalid_toml_and_missing_file(tmp_path):
         load_config(write(tmp_path, "[scp\n"))
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_dicomweb_destination_beside_a_dimse_one(tmp_path):
+    (tmp_path / "pacs.password").write_text("s3cret\n")
+    config = load_config(write(tmp_path, """
+[[destinations]]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = 4242
+[[destinations]]
+kind = "dicomweb"
+url = "https://pacs.example/dicom-web/"
+auth = "basic"
+username = "cacnode"
+password_file = "pacs.password"
+ca_bundle = "hospital-ca.pem"
+[[destinations]]
+kind = "dicomweb"
+url = "http://archive.local:8042/dicom-web"
+auth = "bearer"
+token = "t0ken"
+"""))
+    dimse, web, bearer = config.destinations
+    assert dimse.kind == "dimse" and dimse.key == "PACS@127.0.0.1:4242"
+    assert web.kind == "dicomweb" and web.key == "https://pacs.example/dicom-web"  # stable: no trailing slash
+    assert web.password_file == tmp_path / "pacs.password" and web.ca_bundle == tmp_path / "hospital-ca.pem"
+    assert web.tls_verify
+    assert bearer.key == "http://archive.local:8042/dicom-web"
+    # secrets stay out of keys and reprs (which reach logs and tracebacks)
+    assert "t0ken" not in repr(config.destinations) and "t0ken" not in bearer.key
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('kind = "dicom"\nurl = "https://x"', r"destinations\[0\]\.kind: must be one of 'dimse', 'dicomweb'"),
+        ('kind = "dicomweb"', r"destinations\[0\]: missing key\(s\) url"),
+        ('kind = "dicomweb"\nurl = "https://x"\nae_title = "PACS"', r"destinations\[0\]: unknown key\(s\) ae_title"),
+        ('ae_title = "PACS"\nhost = "h"\nport = 104\nurl = "https://x"', r"destinations\[0\]: unknown key\(s\) url"),
+        ('kind = "dicomweb"\nurl = "ftp://x/dicom-web"', "destinations.url must be an http:// or https:// URL"),
+        ('kind = "dicomweb"\nurl = "https://u:p@x/dicom-web"', "destinations.url must not hold a user name"),
+        ('kind = "dicomweb"\nurl = "https://x/dicom-web?a=1"', "without query or fragment"),
+        ('kind = "dicomweb"\nurl = "https://x"\nauth = "digest"', r"destinations\[0\]\.auth: must be one of"),
+        ('kind = "dicomweb"\nurl = "https://x"\nauth = "basic"\npassword = "p"', "destinations.username is needed"),
+        ('kind = "dicomweb"\nurl = "https://x"\nauth = "basic"\nusername = "u"',
+         "needs exactly one of destinations.password or destinations.password_file"),
+        ('kind = "dicomweb"\nurl = "https://x"\nauth = "bearer"\ntoken = "t"\ntoken_file = "f"',
+         "needs exactly one of destinations.token or destinations.token_file"),
+        ('kind = "dicomweb"\nurl = "https://x"\nusername = "u"\npassword = "p"',
+         "destinations.username is set but auth is 'none'"),
+        ('kind = "dicomweb"\nurl = "https://x"\nauth = "basic"\nusername = "u"\npassword = "p"\ntoken = "t"',
+         "destinations.token is set but auth is 'basic'"),
+        ('kind = "dicomweb"\nurl = "http://x"\nca_bundle = "ca.pem"', "apply to https only"),
+        ('kind = "dicomweb"\nurl = "https://x"\nca_bundle = "ca.pem"\ntls_verify = false', "tls_verify is false"),
+    ],
+)
+def test_bad_dicomweb_destination_is_a_one_line_error_naming_the_key(tmp_path, body, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(write(tmp_path, f"[[destinations]]\n{body}\n"))
+    assert "\n" not in str(caught.value)
+
+
+def test_the_same_destination_twice_is_an_error(tmp_path):
+    entry = '[[destinations]]\nkind = "dicomweb"\nurl = "https://x/dicom-web"\n'
+    with pytest.raises(ConfigError, match=r"destinations\[1\] is the same destination as destinations\[0\]"):
+        load_config(write(tmp_path, entry + entry.replace("dicom-web", "dicom-web/")))
