@@ -26,6 +26,18 @@ def test_bundled_config_loads_and_matches_defaults_where_unset():
     assert config.model.weights == REPO / "models" / "cacnode-v1.pt"
 
 
+def test_a_minimal_config_anywhere_uses_the_bundled_weights(tmp_path):
+    # The README's minimal config, copied outside the repository: no [model] table, so the
+    # weights are the ones shipped with the code, not a models/ folder beside the config.
+    readme = (REPO / "README.md").read_text()
+    minimal = readme.split("so a file with only these is valid:\n\n```toml\n", 1)[1].split("```", 1)[0]
+    config = load_config(write(tmp_path, minimal))
+    assert config.model.weights == REPO / "models" / "cacnode-v1.pt" and config.model.weights.is_file()
+    assert config.storage.directory == Path("/var/lib/cacnode")
+    # a relative path given in the file is still the file's own folder's
+    assert load_config(write(tmp_path, '[model]\nweights = "w.pt"\n')).model.weights == tmp_path / "w.pt"
+
+
 def test_empty_file_is_all_defaults(tmp_path):
     config = load_config(write(tmp_path, ""))
     default = Config()

@@ -43,11 +43,16 @@ from pipeline.model.weights import WeightsFile, load_weights
 log = logging.getLogger(__name__)
 
 
+# The weights that ship with the code (models/ beside the packages): the default of
+# ``[model] weights`` wherever the config file lives, so a minimal config works anywhere.
+BUNDLED_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "cacnode-v1.pt"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Config section ``[model]``."""
 
-    weights: Path = Path("models/cacnode-v1.pt")
+    weights: Path = BUNDLED_WEIGHTS  # a relative path in a config file is taken from the file's folder
     device: Literal["auto", "cuda", "cpu"] = "auto"  # "auto": the GPU when torch sees one
     # Candidate lesions are formed at this HU (calcium-scoring.md, "From model
     # output to labels"); keep it equal to, or below, [scoring] threshold_hu.
