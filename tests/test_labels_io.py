@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -235,6 +236,13 @@ def nifti_ras(labels: np.ndarray, series: CTSeries) -> nib.Nifti1Image:
 def test_nifti_in_series_order(series, tmp_path):
     nib.save(nifti_ras(label_map(), series), tmp_path / "l.nii.gz")
     assert np.array_equal(read_labels(tmp_path / "l.nii.gz", series), label_map())
+
+
+def test_nifti_without_nibabel_is_one_line_naming_the_extra(series, tmp_path, monkeypatch):
+    nib.save(nifti_ras(label_map(), series), tmp_path / "l.nii.gz")
+    monkeypatch.setitem(sys.modules, "nibabel", None)  # as if the nifti extra were not installed
+    with pytest.raises(LabelsError, match=r"l.nii.gz: reading NIfTI labels needs nibabel: pip install 'cacnode\[nifti\]'"):
+        read_labels(tmp_path / "l.nii.gz", series)
 
 
 def test_nifti_reoriented_to_ras_and_4d(series, tmp_path):

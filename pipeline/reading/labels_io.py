@@ -169,7 +169,10 @@ def _masks_by_position(ds: Dataset, series: CTSeries, numbers: list[int], where:
 
 
 def _read_nifti(path: Path, series: CTSeries) -> np.ndarray:
-    import nibabel as nib
+    try:
+        import nibabel as nib  # an extra: only NIfTI label files need it
+    except ImportError:
+        raise LabelsError(f"{path.name}: reading NIfTI labels needs nibabel: pip install 'cacnode[nifti]'") from None
 
     try:
         img = nib.load(str(path))
