@@ -1,11 +1,11 @@
-"""``cacnode serve``: wire the listener, the completion scheduler, the worker, delivery and metrics.
+"""``cacnode serve``: wire the listener, the completion scheduler, the worker, delivery and the web side.
 
 One process listens (pynetdicom's threaded server, with the admission rules
 of ``scp.admission``: one thread per association, each running the thin
 C-STORE handler of ``scp.handlers``), and its main thread completes series by
 quiet period and supervises the worker; a second process (the worker,
 ``scp.worker``) keeps the model loaded and scores; a thread delivers reports;
-an optional thread serves health and metrics.  They share nothing but the
+an optional thread serves the status page, health and metrics.  They share nothing but the
 spool and the database, so the worker's work never blocks a sender, a
 restart after a crash picks up everything from disk, and a worker that dies
 is replaced and its job queued again without a restart of the node.
@@ -35,16 +35,19 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from cacnode.config import Config
 from pipeline.errors import CacnodeError
+from pipeline.model.weights import load_weights
 from scp.admission import Admission, AdmissionLimits, GuardedServer
 from scp.completion import CompletionPolicy
 from scp.config import DicomWebDestination
 from scp.db import Database
 from scp.delivery import DeliveryLoop, DeliveryPolicy
 from scp.handlers import StoreContext, handle_accepted, handle_echo, handle_rejected, handle_store
-from scp.metrics import Counters, MetricsServer, prometheus_text
+from scp.metrics import Counters, DatabaseCollector, JobWatch
 from scp.sources import SourceFilter
 from scp.spool import Spool
+from scp.status_page import ModelIdentity
 from scp.stow import check_secret_files
+from scp.web import WebContext, WebServer, make_app, read_admin_token
 from scp.worker import WorkerSettings, run_worker
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ STOP_GRACE_SECONDS = 30.0  # how long a stop waits for open associations and the
 WORKER_RESTART_SECONDS = 5.0  # wait before restarting a worker that died; doubles while it keeps dying before ready
 WORKER_RESTART_MAX_SECONDS = 300.0
 SWEEP_SECONDS = 60.0  # how often data sets left by aborted transfers are looked for
+JOB_WATCH_SECONDS = 1.0  # how often jobs the worker finished are looked for (latency histograms)
 
 
 def transfer_syntaxes() -> list[str]:
@@ -278,7 +282,11 @@ class Node:
             self.counters,
             web_destinations=web_destinations(config),
         )
-        self.metrics: MetricsServer | None = None
+        self.counters.registry.register(DatabaseCollector(self.db))
+        self.jobs_watch = JobWatch(self.db, self.counters, since=clock())
+        self._watched = 0.0
+        self.web: WebServer | None = None
+        self._model_identity: ModelIdentity | None = None
         self._server: GuardedServer | None = None
         self._orphaned_by: str | None = None  # how the last worker died, while its job is not yet taken up
         self._stopping = False  # once set, a dead worker is part of the stop, not a crash to restart
@@ -305,6 +313,7 @@ class Node:
 
     def start(self) -> None:
         c = self.config.scp
+        admin_token = read_admin_token(c.admin_token_file) if c.metrics_port else None  # fail before opening ports
         self.recover()
         if not c.allowed_calling_aets:
             log.warning("scp.allowed_calling_aets is empty: any calling AE title is admitted")
@@ -344,8 +353,13 @@ class Node:
         self.worker.start()
         self.delivery.start()
         if c.metrics_port:
-            self.metrics = MetricsServer(c.metrics_host, c.metrics_port, self.metrics_text, self.health)
-            self.metrics.start()
+            self.counters.add_process_metrics()
+            web = WebContext(
+                db=self.db, counters=self.counters, health=self.health, model=self.model_identity,
+                admin_token=admin_token, show_phi=c.log_phi,
+            )
+            self.web = WebServer(c.metrics_host, c.metrics_port, make_app(web))
+            self.web.start()
         log.info(
             "listening as %s on %s:%d%s; quiet period %.1f s; %d destination(s)",
             c.ae_title, c.host, c.port, " (TLS)" if c.tls else "", self.config.series.quiet_seconds,
@@ -372,6 +386,9 @@ class Node:
         if died is not None:
             self._orphaned_by = died
             self._take_up_orphaned_jobs(now)
+        if now - self._watched >= JOB_WATCH_SECONDS:
+            self._watched = now
+            self.jobs_watch.poll()
         if now - self._swept >= SWEEP_SECONDS:
             self._swept = now
             c = self.config.scp
@@ -422,7 +439,7 @@ class Node:
         self._stopping = True
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Stop accepting, let open associations finish, then the delivery, the worker and metrics."""
+        """Stop accepting, let open associations finish, then the delivery, the worker and the web side."""
         self.request_stop()
         if self._server is not None:
             self._server.shutdown()  # the listening socket closes; open associations go on
@@ -433,14 +450,22 @@ class Node:
         self.tick()  # a series that became due while stopping is queued, not forgotten
         self.delivery.stop(grace)
         self.worker.stop(grace)
-        if self.metrics is not None:
-            self.metrics.stop()
+        if self.web is not None:
+            self.web.stop()
         self.db.close()
         tempfile.tempdir = None
         log.info("stopped")
 
-    def metrics_text(self) -> str:
-        return prometheus_text(self.counters.snapshot(), self.db.state_counts())
+    def model_identity(self) -> ModelIdentity | None:
+        """Name, version and UID of the configured weights, read once (for the status page)."""
+        if self._model_identity is None:
+            try:
+                w = load_weights(self.config.model.weights)
+            except CacnodeError as exc:
+                log.warning("status page: %s", exc)
+                return None
+            self._model_identity = ModelIdentity(w.name, w.version, w.uid)
+        return self._model_identity
 
     def health(self) -> tuple[bool, dict[str, object]]:
         listening = self._server is not None

@@ -81,7 +81,10 @@ class ScpConfig:
     # this often is failed with the reason instead of being taken up again.
     job_max_attempts: int = 3
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 0  # health and Prometheus metrics over HTTP; 0 = off
+    metrics_port: int = 0  # status page, health and Prometheus metrics over HTTP; 0 = off
+    # A file holding the token the status page asks for before a state change
+    # (retrying failed deliveries); without one the page is read-only.
+    admin_token_file: Path | None = None
     log_phi: bool = False  # patient name/ID in log lines
 
     def __post_init__(self) -> None:

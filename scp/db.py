@@ -424,9 +424,35 @@ class Database:
         )
         return [dict(r) for r in rows]
 
+    def report_built(self, job_id: int) -> float | None:
+        """When the job's report was written (None while it has none)."""
+        rows = self._query("SELECT finished FROM jobs WHERE id = ? AND sr_uid IS NOT NULL", (job_id,))
+        return rows[0][0] if rows else None
+
+    def jobs_finished_since(self, after: float) -> list[dict[str, Any]]:
+        """Jobs that ended (report written, skipped or failed) after ``after``, oldest first.
+
+        ``built`` tells a written report (its job may since be ``failed`` for a
+        delivery) from a job that failed before writing one.
+        """
+        rows = self._query(
+            "SELECT id, state, created, finished, sr_uid IS NOT NULL AS built FROM jobs"
+            " WHERE finished > ? AND state NOT IN ('superseded', 'complete', 'running') ORDER BY finished",
+            (after,),
+        )
+        return [dict(r) for r in rows]
+
+    def job_result_dir(self, job_id: int) -> Path | None:
+        rows = self._query("SELECT result_dir FROM jobs WHERE id = ? AND result_dir IS NOT NULL", (job_id,))
+        return Path(rows[0][0]) if rows else None
+
     def series_state(self, series_uid: str) -> str | None:
         rows = self._query("SELECT state FROM series WHERE series_uid = ?", (series_uid,))
         return rows[0][0] if rows else None
+
+    def first_instance_path(self, series_uid: str) -> Path | None:
+        rows = self._query("SELECT path FROM instances WHERE series_uid = ? LIMIT 1", (series_uid,))
+        return Path(rows[0][0]) if rows else None
 
     def instance_paths(self, series_uid: str) -> list[Path]:
         return [Path(r[0]) for r in self._query("SELECT path FROM instances WHERE series_uid = ?", (series_uid,))]

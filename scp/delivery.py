@@ -135,12 +135,16 @@ def attempt(
     if error is None:
         state = db.delivery_attempted(d.id, now, error=None, next_attempt=None)
         counters.inc("deliveries_sent_total")
+        built = db.report_built(d.job_id)
+        if built is not None:
+            counters.delivery_seconds.observe(max(0.0, now - built))
         log.info("series %s: report delivered to %s (attempt %d)", d.series_uid, d.destination, done)
         return state
     later = policy.next_attempt(done, now)
     state = db.delivery_attempted(d.id, now, error=error, next_attempt=later)
     counters.inc("delivery_attempts_failed_total")
     if later is None:
+        counters.fail("delivery")
         log.error("series %s: delivery to %s failed after %d attempts: %s", d.series_uid, d.destination, done, error)
     else:
         log.warning(

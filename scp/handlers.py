@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ def handle_echo(event: Event) -> int:
 
 
 def handle_store(event: Event, ctx: StoreContext) -> int:
-    """Make the received instance durable, record it, then answer.
+    """Make the received instance durable, record it, then answer (timed: ``cacnode_instance_store_seconds``).
 
     pynetdicom has streamed the data set to a file in the spool's receiving
     folder as it arrived (``STORE_RECV_CHUNKED_DATASET``, set by the app), with
@@ -66,6 +67,14 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
     it, and they are validated before they become a path.  Success is returned
     only once the file and its directory entry are fsynced.
     """
+    started = time.perf_counter()
+    try:
+        return _store(event, ctx)
+    finally:
+        ctx.counters.store_seconds.observe(time.perf_counter() - started)
+
+
+def _store(event: Event, ctx: StoreContext) -> int:
     received = event.dataset_path
     size = received.stat().st_size
     calling = event.assoc.requestor

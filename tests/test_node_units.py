@@ -14,7 +14,7 @@ from scp.admin import format_status, status_document
 from scp.completion import CompletionPolicy
 from scp.db import Database
 from scp.delivery import DeliveryPolicy
-from scp.metrics import prometheus_text
+from scp.metrics import Counters, DatabaseCollector, JobWatch
 from scp.sources import SourceFilter
 from scp.spool import InstanceKey, Spool, SpoolError, is_valid_uid
 
@@ -244,10 +244,39 @@ def test_backoff_doubles_then_gives_up():
     assert policy.next_attempt(4, 100.0) is None
 
 
-def test_prometheus_text_has_counters_and_state_gauges():
-    text = prometheus_text({"instances_received_total": 3}, {"jobs": {"sent": 2, "failed": 1}})
-    assert "cacnode_instances_received_total 3" in text
-    assert 'cacnode_jobs{state="failed"} 1' in text and "# TYPE cacnode_jobs gauge" in text
+def test_metrics_keep_their_names_and_add_failures_and_queue_depth(db, tmp_path):
+    counters = Counters()
+    counters.registry.register(DatabaseCollector(db))
+    counters.inc("instances_received_total", 3)
+    counters.inc("store_refused_total")
+    counters.fail("delivery")
+    db.record_instance(key(1), "1.2", tmp_path / "x", 10, 1.0)
+    db.complete_series(SERIES, 2.0)
+    text = counters.exposition().decode()
+    assert "cacnode_instances_received_total 3.0" in text
+    assert 'cacnode_failures_total{kind="store_refused"} 1.0' in text
+    assert 'cacnode_failures_total{kind="delivery"} 1.0' in text
+    assert 'cacnode_jobs{state="complete"} 1.0' in text and "# TYPE cacnode_jobs gauge" in text
+    assert 'cacnode_queue_depth{queue="jobs"} 1.0' in text
+    assert 'cacnode_instances{state="total"} 1.0' in text
+    assert counters.snapshot()["instances_received_total"] == 3
+    with pytest.raises(KeyError):
+        counters.inc("no_such_event_total")  # a typo must not create a metric nobody watches
+
+
+def test_job_watch_times_series_complete_to_report(db, tmp_path):
+    counters = Counters()
+    watch = JobWatch(db, counters, since=0.0)
+    db.record_instance(key(1), "1.2", tmp_path / "x", 10, 1.0)
+    job_id = db.complete_series(SERIES, 10.0)
+    db.claim_job(11.0)
+    watch.poll()  # still running: nothing to observe
+    assert counters.registry.get_sample_value("cacnode_series_to_report_seconds_count") == 0
+    db.finish_job(job_id, 40.0, result_dir=tmp_path, sr_uid="1.9", total_agatston=0.0, destinations=[])
+    watch.poll()
+    watch.poll()  # observed once
+    assert counters.registry.get_sample_value("cacnode_series_to_report_seconds_count") == 1
+    assert counters.registry.get_sample_value("cacnode_series_to_report_seconds_sum") == 30.0
 
 
 def test_source_filter():
