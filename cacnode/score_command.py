@@ -9,7 +9,7 @@ import sys
 from cacnode.config import Config
 from cacnode.output_paths import check_output_paths
 from pipeline.errors import SeveralSeriesError
-from pipeline.model.identity import REFERENCE_LABELS
+from pipeline.model.identity import reference_labels
 from pipeline.reading.loader import load_series
 from pipeline.scoring.result import format_table, score_series, to_json
 
@@ -26,10 +26,10 @@ def run_score(args: argparse.Namespace, config: Config) -> int:
     except SeveralSeriesError as exc:
         raise exc.choose_with("--series-uid") from None
     if args.labels is not None:
-        from pipeline.reading.labels_io import read_labels
+        from pipeline.reading.labels_io import labels_origin, read_labels
 
         labels = read_labels(args.labels, series)
-        identity = REFERENCE_LABELS
+        identity = reference_labels(labels_origin(args.labels))
         source = f"labels:{args.labels.name}"
     else:
         from pipeline.model.inference import Labeller

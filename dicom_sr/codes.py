@@ -48,6 +48,9 @@ UNIT_LESIONS = Code("{lesions}", "UCUM", "lesions")
 
 # --- algorithm identification (TID 4019) ---
 AI_FAMILY = Code("123110", "DCM", "Artificial Intelligence")
+# Labels from a reference annotation: the same CID 7162 names manual work (report.md:
+# a report made from reference labels is not coded as artificial-intelligence output).
+MANUAL_FAMILY = Code("123109", "DCM", "Manual Processing")
 
 # --- SEG segment description (report.md section 2) ---
 SEG_CATEGORY = Code("49755003", "SCT", "Morphologically Abnormal Structure")

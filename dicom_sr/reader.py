@@ -1,17 +1,29 @@
 """Read the scores back from one of our TID 1500 SRs (``report.md``: "our own reader").
 
-Tolerant when reading: measurement groups are recognised by their finding
-site (CID 3016, or 41801008 "Coronary artery" for the total) and numbers by
-their concept name, whatever order they come in.  The exact value is taken
-from Floating Point Value (0040,A161) when present, else from Numeric Value.
+The content tree is parsed by highdicom: :class:`highdicom.sr.Comprehensive3DSR`
+and :class:`highdicom.sr.MeasurementReport` give the TID 1501 measurement
+groups (``get_image_measurement_groups``), their finding sites and their
+measurements (``get_measurements``, whose value is the exact Floating Point
+Value (0040,A161) when present, else Numeric Value).  Tolerant when reading:
+groups are recognised by their finding site (CID 3016, or 41801008
+"Coronary artery" for the total) and numbers by their concept name,
+whatever order they come in; ROI groups (TID 1410, TID 1411) are not scores
+of an artery and are left alone.
+
+Written by hand, because highdicom has no accessor for it: the risk category
+and CAC-DRS, CODE items of the Qualitative Evaluations container that TID 1500
+puts beside the Imaging Measurements (row 12) -- older reports of ours had
+them in the total's group, which highdicom's ``get_qualitative_evaluations``
+reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -20,15 +32,13 @@ from dicom_sr import codes
 from pipeline.scoring.arteries import BY_CODE, CORONARY_ARTERY_CODE
 from pipeline.errors import CacnodeError
 
-_IMAGING_MEASUREMENTS = "126010"
-_MEASUREMENT_GROUP = "125007"
-_FINDING_SITE = "363698007"
 _NUMBERS = {
     codes.AGATSTON.value: "agatston",
     codes.VOLUME.value: "volume_mm3",
     codes.MASS.value: "mass_mg",
     codes.LESION_COUNT.value: "lesions",
 }
+_CATEGORIES = (codes.RISK_CATEGORY.value, codes.CAC_DRS.value)
 _TOTAL = "total"
 
 
@@ -54,35 +64,34 @@ def read_sr_scores(ds_or_path: Dataset | Path | str) -> dict[str, Any]:
     Raises
     ------
     ReportError
-        When the file is not DICOM or misses a group or figure of ours.
+        When the file is not DICOM, not a TID 1500 Comprehensive 3D SR, or
+        misses a group or figure of ours.
     """
     ds, name = _dataset(ds_or_path)
+    report = _measurement_report(ds, name)
     groups: dict[str, dict[str, Any]] = {}
     categories: dict[str, str] = {}
-    for group in _measurement_groups(ds):
-        site = _finding_site(group)
-        if site == CORONARY_ARTERY_CODE[0]:
+    for group in report.get_image_measurement_groups():
+        sites = [str(site.ConceptCodeSequence[0].CodeValue) for site in group.finding_sites]
+        if CORONARY_ARTERY_CODE[0] in sites:
             key = _TOTAL
-        elif site in BY_CODE:
-            key = BY_CODE[site].name
         else:
-            continue
+            arteries = [BY_CODE[site].name for site in sites if site in BY_CODE]
+            if not arteries:
+                continue
+            key = arteries[0]
         scores: dict[str, Any] = {"agatston": None, "volume_mm3": None, "mass_mg": None, "lesions": None}
-        for item in group.get("ContentSequence", []):
-            concept = _concept(item)
-            if item.ValueType == "NUM" and concept in _NUMBERS:
-                scores[_NUMBERS[concept]] = _number(item)
+        for measurement in group.get_measurements():
+            concept = str(measurement.name.value)
+            if concept in _NUMBERS:
+                scores[_NUMBERS[concept]] = float(measurement.value)
         for field in ("agatston", "volume_mm3", "lesions"):
             if scores[field] is None:
                 raise ReportError(f"{name}: the {key} group has no {field}")
         scores["lesions"] = int(round(scores["lesions"]))
         groups[key] = scores
-    # Risk category and CAC-DRS: CODE items anywhere in the tree (we write them in
-    # the Qualitative Evaluations container; older reports had them in the total group).
-    for item in _all_items(ds):
-        concept = _concept(item)
-        if item.get("ValueType") == "CODE" and concept in (codes.RISK_CATEGORY.value, codes.CAC_DRS.value):
-            categories[concept] = str(item.ConceptCodeSequence[0].CodeValue)
+        categories.update(_category_codes(group.get_qualitative_evaluations()))
+    categories.update(_category_codes(_root_qualitative_evaluations(report)))
     missing = [key for key in (*(a.name for a in BY_CODE.values()), _TOTAL) if key not in groups]
     if missing:
         raise ReportError(f"{name}: no measurement group for {', '.join(missing)}")
@@ -106,34 +115,37 @@ def _dataset(ds_or_path: Dataset | Path | str) -> tuple[Dataset, str]:
         raise ReportError(f"{ds_or_path}: cannot read as DICOM: {exc}") from None
 
 
-def _concept(item: Dataset) -> str | None:
-    seq = item.get("ConceptNameCodeSequence")
-    return str(seq[0].CodeValue) if seq else None
+def _measurement_report(ds: Dataset, name: str) -> hd.sr.MeasurementReport:
+    """The TID 1500 content of ``ds``, parsed by highdicom (the caller's dataset is left unchanged).
+
+    A highdicom SR object is parsed again too: its ``content`` was taken when
+    it was built, and the dataset may have changed since.
+    """
+    try:
+        sr = hd.sr.Comprehensive3DSR.from_dataset(ds, copy=True)
+        return hd.sr.MeasurementReport.from_sequence(sr.content)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"{name}: not a TID 1500 Comprehensive 3D SR: {exc}") from None
 
 
-def _measurement_groups(ds: Dataset) -> Iterator[Dataset]:
-    for container in ds.get("ContentSequence", []):
-        if container.ValueType == "CONTAINER" and _concept(container) == _IMAGING_MEASUREMENTS:
-            for group in container.get("ContentSequence", []):
-                if group.ValueType == "CONTAINER" and _concept(group) == _MEASUREMENT_GROUP:
-                    yield group
+def _root_qualitative_evaluations(report: hd.sr.MeasurementReport) -> list[Dataset]:
+    """Items of the Qualitative Evaluations containers directly under the report's root (TID 1500 row 12)."""
+    items: list[Dataset] = []
+    for container in report[0].get("ContentSequence", []):
+        if container.get("ValueType") == "CONTAINER" and container.get("ContentSequence") is not None:
+            name = container.ConceptNameCodeSequence[0]
+            if (str(name.CodeValue), str(name.CodingSchemeDesignator)) == ("C0034375", "UMLS"):
+                items.extend(container.ContentSequence)
+    return items
 
 
-def _all_items(item: Dataset) -> Iterator[Dataset]:
-    for child in item.get("ContentSequence", []):
-        yield child
-        yield from _all_items(child)
-
-
-def _finding_site(group: Dataset) -> str | None:
-    for item in group.get("ContentSequence", []):
-        if item.ValueType == "CODE" and _concept(item) == _FINDING_SITE:
-            return str(item.ConceptCodeSequence[0].CodeValue)
-    return None
-
-
-def _number(item: Dataset) -> float:
-    value = item.MeasuredValueSequence[0]
-    if "FloatingPointValue" in value:
-        return float(value.FloatingPointValue)
-    return float(value.NumericValue)
+def _category_codes(items: Iterable[Dataset]) -> dict[str, str]:
+    """Risk category and CAC-DRS among ``items``: concept code value -> coded value."""
+    found = {}
+    for item in items:
+        if item.get("ValueType") != "CODE":
+            continue
+        concept = str(item.ConceptNameCodeSequence[0].CodeValue)
+        if concept in _CATEGORIES:
+            found[concept] = str(item.ConceptCodeSequence[0].CodeValue)
+    return found

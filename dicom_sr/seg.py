@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_sr import codes
 from dicom_sr.source import device_attributes, header_copies
+from dicom_sr.summary_draw import ARTERY_COLOURS
 from pipeline.scoring.arteries import ARTERIES, Artery
 from pipeline.errors import LabelsError
 from pipeline.model.identity import AlgorithmIdentity
@@ -30,9 +31,30 @@ from pipeline.model.identity import AlgorithmIdentity
 logger = logging.getLogger(__name__)
 
 
-def algorithm_identification(identity: AlgorithmIdentity) -> hd.AlgorithmIdentificationSequence:
-    """The Segment Algorithm Identification of every segment (PS3.3 C.8.20.2)."""
+def algorithm_identification(identity: AlgorithmIdentity) -> hd.AlgorithmIdentificationSequence | None:
+    """The Segment Algorithm Identification of every segment (PS3.3 C.8.20.2).
+
+    None for a reference annotation: its segments are MANUAL, and the
+    identification is only for AUTOMATIC and SEMIAUTOMATIC segments.
+    """
+    if identity.is_reference:
+        return None
     return hd.AlgorithmIdentificationSequence(name=identity.name, family=codes.AI_FAMILY, version=identity.version)
+
+
+def _algorithm_type(identity: AlgorithmIdentity) -> hd.seg.SegmentAlgorithmTypeValues:
+    if identity.is_reference:
+        return hd.seg.SegmentAlgorithmTypeValues.MANUAL
+    return hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+
+
+def display_colour(artery: str) -> hd.color.CIELabColor:
+    """Recommended Display CIELab Value (0062,000D) of an artery's segment.
+
+    The artery's colour in the summary image (sRGB), converted to the DICOM
+    scaling of CIELab (PS3.3 C.10.7.1.1), so viewers draw the SEG as the image shows it.
+    """
+    return hd.color.CIELabColor.from_rgb(*ARTERY_COLOURS[artery])
 
 
 def segment_arteries(labels: np.ndarray) -> tuple[Artery, ...]:
@@ -71,7 +93,8 @@ def build_lesion_seg(
         Missing Type 2 patient/study attributes are written empty.
     identity
         The algorithm that produced the labels (Segment Algorithm Identification,
-        Manufacturer, Manufacturer's Model Name, Software Versions).
+        Manufacturer, Manufacturer's Model Name, Software Versions); for a
+        reference annotation the segments are MANUAL, without identification.
     series_number, series_description
         Of the new SEG series.
 
@@ -110,11 +133,12 @@ def build_lesion_seg(
             segment_label=artery.name,
             segmented_property_category=codes.SEG_CATEGORY,
             segmented_property_type=codes.SEG_TYPE,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=_algorithm_type(identity),
             algorithm_identification=algorithm,
             tracking_uid=hd.UID(),
             tracking_id=f"{artery.name} calcium",
             anatomic_regions=[codes.ARTERY_CODES[artery.name]],
+            display_color=display_colour(artery.name),
         )
         for number, artery in enumerate(arteries, start=1)
     ]
@@ -134,6 +158,10 @@ def build_lesion_seg(
         omit_empty_frames=False,
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
+    if identity.is_reference:
+        # Segment Description (0062,0006, LO): the segments copy an annotation.
+        for segment in seg.SegmentSequence:
+            segment.SegmentDescription = "Reference annotation"
     logger.debug("series %s: SEG with %d segments built", series_uid, len(arteries))
     return seg
 

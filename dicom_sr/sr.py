@@ -187,12 +187,38 @@ def _group(
     )
 
 
-def qualitative_evaluations(result: SeriesResult, config: ReportConfig) -> hd.sr.ContainerContentItem:
+def labels_text(identity: AlgorithmIdentity) -> str | None:
+    """The sentence saying the labels are a reference annotation, and where they came from; None for a model."""
+    if not identity.is_reference:
+        return None
+    return (f"Scored from a reference annotation ({identity.labels_origin}), "
+            "not from the output of an artificial-intelligence model.")
+
+
+def algorithm_identification(identity: AlgorithmIdentity, profile: ScoringProfile) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 of every measurement: the model, or for a reference annotation the scoring software.
+
+    The Algorithm Family (CID 7162) is (123110, DCM, "Artificial Intelligence")
+    only when a model made the labels; scores of a reference annotation are
+    (123109, DCM, "Manual Processing") followed by the scoring profile.
+    """
+    return hd.sr.AlgorithmIdentification(
+        name=identity.name,
+        version=identity.version,
+        parameters=algorithm_parameters(profile),
+        family=codes.MANUAL_FAMILY if identity.is_reference else codes.AI_FAMILY,
+    )
+
+
+def qualitative_evaluations(
+    result: SeriesResult, config: ReportConfig, identity: AlgorithmIdentity | None = None
+) -> hd.sr.ContainerContentItem:
     """TID 1500 rows 12-14: risk category and CAC-DRS as codes, then the caveats as text.
 
     The categories judge the study as a whole, so they sit here rather than in
     the total's measurement group (where the pixelmed validator also warns
-    that TID 1501 has no row for them).
+    that TID 1501 has no row for them).  For a reference annotation a comment
+    names where the labels came from (see :func:`labels_text`).
     """
     contains = hd.sr.RelationshipTypeValues.CONTAINS
     container = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type=contains)
@@ -205,6 +231,9 @@ def qualitative_evaluations(result: SeriesResult, config: ReportConfig) -> hd.sr
         hd.sr.TextContentItem(name=codes.COMMENT, value=text, relationship_type=contains)
         for text in caveat_texts(result, config)
     ]
+    origin = None if identity is None else labels_text(identity)
+    if origin is not None:
+        items.append(hd.sr.TextContentItem(name=codes.COMMENT, value=origin, relationship_type=contains))
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
 
@@ -225,7 +254,8 @@ def build_sr(
     source_datasets
         Every CT dataset of the scored series (the evidence); pixel data not needed.
     identity
-        The algorithm: device observer, TID 4019 and Content Contributing Equipment.
+        The algorithm: device observer, TID 4019 and Content Contributing Equipment;
+        for a reference annotation no AI family and a comment naming its origin.
     config
         Series number, description and caution text.
     seg
@@ -234,12 +264,7 @@ def build_sr(
     """
     score = result.score
     with_mass = result.profile.mass_calibration_mg_per_mm3_hu is not None
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=identity.name,
-        version=identity.version,
-        parameters=algorithm_parameters(result.profile),
-        family=codes.AI_FAMILY,
-    )
+    algorithm = algorithm_identification(identity, result.profile)
     segments = {} if seg is None else {str(s.SegmentLabel): int(s.SegmentNumber) for s in seg.SegmentSequence}
     # The total comes first: it is the figure a reader looks for.
     site = hd.sr.CodedConcept.from_code(codes.CORONARY_ARTERY)
@@ -264,7 +289,7 @@ def build_sr(
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=groups,
     )
-    report[0].ContentSequence.append(qualitative_evaluations(result, config))
+    report[0].ContentSequence.append(qualitative_evaluations(result, config, identity))
 
     evidence = header_copies(source_datasets)
     if seg is not None:

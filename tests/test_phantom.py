@@ -82,6 +82,31 @@ def test_dciodvfy_reports_no_errors(calcium_dir: Path) -> None:
         assert not errors, f"{path.name}: {errors}"
 
 
+def test_headers_claim_no_wrong_instance_counts(calcium_dir: Path, tmp_path: Path) -> None:
+    """Counts in the header are ones a PACS checks the series against (Orthanc's series status)."""
+    import pydicom
+
+    from node_support import OrthancPeer
+
+    files = sorted((calcium_dir / "dicom").iterdir())
+    for path in (files[0], files[-1]):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        # Cardiac Number of Images (0018,1090) is the images per cardiac cycle: a one-phase
+        # scan written slice by slice has no honest value for it, so it is left out.
+        assert "CardiacNumberOfImages" not in ds
+        assert ds.get("ImagesInAcquisition") in (None, len(files))
+        assert ds.get("TriggerTime") not in (None, "")  # still marked as ECG-gated
+    orthanc = OrthancPeer(tmp_path / "orthanc").start()
+    try:
+        orthanc.upload(files)
+        (series_id,) = orthanc.rest("GET", "/series")
+        series = orthanc.rest("GET", f"/series/{series_id}")
+        assert len(series["Instances"]) == len(files)
+        assert series["Status"] != "Inconsistent", series
+    finally:
+        orthanc.stop()
+
+
 def test_cacnode_score_with_true_seg_reproduces_truth(
     calcium_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -307,3 +307,28 @@ def test_unwritable_report_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CacnodeError, match=r"^cannot write .*missing/sr\.dcm: No such file or directory$"):
         write_report_files(result, labels, series, IDENTITY, ReportConfig(), sr_path=tmp_path / "missing" / "sr.dcm")
     assert not (tmp_path / "missing").exists()
+
+
+def test_reader_reads_artery_scores_from_the_artery_groups_not_from_lesion_rois() -> None:
+    """A lesion located by a TID 1410 planar ROI (its artery, its Agatston) is no artery total."""
+    import highdicom as hd
+
+    from dicom_sr import codes
+
+    series, labels, result = make_case()
+    sr = build_report(result, labels, series, IDENTITY, ReportConfig(write_seg=False, write_summary=False)).sr
+    ct = series.datasets[len(series.datasets) // 2]
+    outline = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array([[28.0, 28.0], [36.0, 28.0], [36.0, 36.0], [28.0, 36.0], [28.0, 28.0]]),
+        source_image=hd.sr.SourceImageForRegion(ct.SOPClassUID, ct.SOPInstanceUID),
+    )
+    lesion = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="LAD lesion 1"),
+        referenced_region=outline,
+        finding_type=codes.SEG_TYPE,
+        finding_sites=[hd.sr.FindingSite(codes.ARTERY_CODES["LAD"])],
+        measurements=[hd.sr.Measurement(name=codes.AGATSTON, value=1234.0, unit=codes.UNIT_NONE)],
+    )
+    sr.ContentSequence[-2].ContentSequence.extend(lesion)
+    assert read_sr_scores(sr) == _expected(result)

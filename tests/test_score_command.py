@@ -187,3 +187,26 @@ def test_seg_of_a_series_without_calcium_is_not_written_and_logged_once(case, tm
     mentions = [line for line in result.stderr.splitlines() if "SEG" in line]
     assert len(mentions) == 1, result.stderr
     assert mentions[0].endswith(f"no SEG written to {seg}: no artery has calcium")
+
+
+def test_report_of_reference_labels_is_not_coded_as_ai_output(case, tmp_path):
+    """report.md: a report made from reference labels says so and names where they came from."""
+    folder, labels = case
+    series = load_series(folder)
+    annotation = build_lesion_seg(labels, series.datasets, REFERENCE_LABELS, series_number=90,
+                                  series_description="truth")  # fmt: skip
+    annotation.save_as(tmp_path / "labels.seg.dcm", enforce_file_format=True)
+    sr_path, seg_path = tmp_path / "sr.dcm", tmp_path / "seg.dcm"
+    result = cacnode("score", str(folder), "--labels", str(tmp_path / "labels.seg.dcm"), "--sr", str(sr_path),
+                     "--seg", str(seg_path), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    sr, seg = pydicom.dcmread(sr_path), pydicom.dcmread(seg_path)
+    concepts = {str(item.CodeValue) for e in sr.iterall() if e.keyword == "ConceptCodeSequence" for item in e.value}
+    assert "123110" not in concepts  # Algorithm Family "Artificial Intelligence"
+    assert "123109" in concepts  # Algorithm Family "Manual Processing"
+    texts = [str(e.value) for e in sr.iterall() if e.keyword == "TextValue"]
+    assert any("reference annotation" in t and annotation.SOPInstanceUID in t and "labels.seg.dcm" in t
+               for t in texts), texts  # fmt: skip
+    for segment in seg.SegmentSequence:
+        assert segment.SegmentAlgorithmType == "MANUAL"
+        assert "SegmentAlgorithmName" not in segment and "SegmentationAlgorithmIdentificationSequence" not in segment

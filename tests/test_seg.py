@@ -96,3 +96,18 @@ def test_no_calcium_or_wrong_shape_is_a_labels_error() -> None:
     series, labels, _ = make_case()
     with pytest.raises(LabelsError, match=series.series_uid):
         build_lesion_seg(labels[:, :-1], series.datasets, IDENTITY, series_number=9902, series_description=DESCRIPTION)
+
+
+def test_segments_carry_the_summary_image_colours_as_cielab() -> None:
+    """report.md section 2: each segment's Recommended Display CIELab Value is its artery's summary colour."""
+    from dicom_sr.summary_draw import ARTERY_COLOURS
+
+    series, labels, _ = make_case()
+    seg = _write_read(build_lesion_seg(labels, series.datasets, IDENTITY, series_number=9902,
+                                       series_description=DESCRIPTION))  # fmt: skip
+    for segment in seg.SegmentSequence:
+        value = tuple(int(v) for v in segment.RecommendedDisplayCIELabValue)
+        assert len(value) == 3 and all(0 <= v <= 0xFFFF for v in value)
+        rgb = hd.color.CIELabColor.from_dicom_value(value).to_rgb()
+        expected = ARTERY_COLOURS[str(segment.SegmentLabel)]
+        assert max(abs(a - b) for a, b in zip(rgb, expected)) <= 2, (segment.SegmentLabel, rgb, expected)

@@ -17,6 +17,7 @@ from test_report import IDENTITY, make_case
 
 from dicom_sr.config import ReportConfig
 from dicom_sr.writer import write_report_files
+from pipeline.model.identity import reference_labels
 from pipeline.scoring.agatston import ScoringProfile
 
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
@@ -24,13 +25,17 @@ PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 JAVA_XPATH_FLAGS = ["-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0"]
 
 
-@pytest.fixture(scope="module")
-def report_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+# A model's report, and one made from reference labels (no AI family, MANUAL segments).
+IDENTITIES = {"model": IDENTITY, "reference": reference_labels("labels.seg.dcm (SEG 2.25.42)")}
+
+
+@pytest.fixture(scope="module", params=sorted(IDENTITIES))
+def report_files(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("report")
     series, labels, result = make_case(kvp=100.0, profile=ScoringProfile(mass_calibration_mg_per_mm3_hu=0.00079))
     paths = {"sr": folder / "sr.dcm", "seg": folder / "seg.dcm", "sc": folder / "sc.dcm"}
-    write_report_files(result, labels, series, IDENTITY, ReportConfig(), sr_path=paths["sr"], seg_path=paths["seg"],
-                       summary_path=paths["sc"])  # fmt: skip
+    write_report_files(result, labels, series, IDENTITIES[request.param], ReportConfig(), sr_path=paths["sr"],
+                       seg_path=paths["seg"], summary_path=paths["sc"])  # fmt: skip
     return paths
 
 

@@ -95,3 +95,23 @@ def test_summary_without_calcium_still_renders() -> None:
 
     # Legend and table draw the colour too; only the calcium case adds outlines.
     assert lad_pixels(False) + 200 < lad_pixels(True)
+
+
+def test_summary_is_compressed_losslessly() -> None:
+    """JPEG-LS Lossless: a fraction of the native size on the wire, every pixel as rendered."""
+    from pydicom.uid import JPEGLSLossless
+
+    series, labels, result = make_case(size=256)
+    # CT noise as scanners have it: the tiles must compress, not just the flat table.
+    series.hu[...] += np.random.default_rng(0).normal(0.0, 20.0, series.hu.shape).astype(np.float32)
+    config = ReportConfig()
+    sc = build_summary(result, labels, series, IDENTITY, config)
+    buffer = io.BytesIO()
+    sc.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    back = pydicom.dcmread(buffer)
+    assert back.file_meta.TransferSyntaxUID == JPEGLSLossless
+    native = back.Rows * back.Columns * 3
+    assert len(buffer.getvalue()) < native / 4, (len(buffer.getvalue()), native)
+    expected = np.asarray(render_summary(result, labels, series, IDENTITY, config))
+    np.testing.assert_array_equal(back.pixel_array, expected)

@@ -73,6 +73,19 @@ def read_labels(path: Path, series: CTSeries) -> np.ndarray:
     return seg_labels(ds, series, name=path.name)
 
 
+def labels_origin(path: Path) -> str:
+    """Where a label file :func:`read_labels` accepted comes from: its name, and a SEG's SOP Instance UID.
+
+    The report names the annotation it was scored from; the UID identifies a
+    DICOM SEG wherever it is copied, the file name a NIfTI file.
+    """
+    path = Path(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        return path.name
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    return f"{path.name} (SEG {ds.SOPInstanceUID})"
+
+
 def seg_labels(ds: Dataset, series: CTSeries, name: str = "SEG") -> np.ndarray:
     """The label map of a DICOM Segmentation dataset on ``series`` (see :func:`read_labels`)."""
     where = f"{name} (series {series.series_uid})"

@@ -116,9 +116,10 @@ def build_ct_datasets(
         ds.ConvolutionKernel = header.convolution_kernel
         ds.PatientPosition = "FFS"
         if header.ecg_gated:
-            # Cardiac Synchronization (PS3.3 C.7.6.18.1) is not in the CT IOD; these
-            # General Image / CT attributes are what scanners write for gated scans.
-            ds.CardiacNumberOfImages = 1
+            # Cardiac Synchronization (PS3.3 C.7.6.18.1) is not in the CT IOD; Trigger
+            # Time is what scanners write for gated scans.  Cardiac Number of Images
+            # (0018,1090) is left out: PACS such as Orthanc read it as the number of
+            # instances to expect, and no single value is right for a series of slices.
             ds.TriggerTime = "420"
         ds.StudyInstanceUID = header.study_uid
         ds.SeriesInstanceUID = header.series_uid
