@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.status import code_to_category, STATUS_SUCCESS, STATUS_WARNING
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 # The files a job leaves in its result folder, in the order they are sent:
 # the evidence (SEG, summary) before the SR that references them.
 REPORT_FILES = ("seg.dcm", "summary.dcm", "sr.dcm")
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 @dataclass(frozen=True)
@@ -56,20 +58,24 @@ class DeliveryPolicy:
 def send_files(policy: DeliveryPolicy, ae_title: str, host: str, port: int, files: Sequence[Path]) -> str | None:
     """C-STORE ``files`` to one peer over one association; return None when all were stored, else why not.
 
-    Each file is sent in the transfer syntax it was written in,
-    so the proposed transfer syntax of each context is the file's own.
+    Each file is proposed in the transfer syntax it was written in; a
+    compressed one (the JPEG-LS summary image) is also proposed as Explicit VR
+    Little Endian, in a context of its own, and sent decompressed when the
+    peer accepts only that: a PACS without the codec still gets the image.
     """
     ae = AE(ae_title=policy.calling_ae_title)
     ae.acse_timeout = policy.acse_timeout
     ae.dimse_timeout = policy.dimse_timeout
     ae.network_timeout = policy.network_timeout
     ae.connection_timeout = policy.connect_timeout
-    contexts = set()
+    written = {}  # file -> (SOP class, transfer syntax)
     for f in files:
         meta = dcmread(f, stop_before_pixels=True).file_meta
-        contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
-    for sop_class, syntax in sorted(contexts):
+        written[f] = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+    for sop_class, syntax in sorted(set(written.values())):
         ae.add_requested_context(sop_class, syntax)
+        if syntax not in UNCOMPRESSED:
+            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
     assoc = ae.associate(host, port, ae_title=ae_title)
     if not assoc.is_established:
         if assoc.is_rejected:
@@ -78,8 +84,19 @@ def send_files(policy: DeliveryPolicy, ae_title: str, host: str, port: int, file
             return "association aborted"
         return "connection refused or timed out"
     try:
+        accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
         for f in files:
-            status = assoc.send_c_store(f)
+            sop_class, syntax = written[f]
+            if (sop_class, syntax) in accepted:
+                status = assoc.send_c_store(f)
+            elif (sop_class, ExplicitVRLittleEndian) in accepted:
+                ds = dcmread(f)
+                ds.decompress()  # to Explicit VR Little Endian, the context the peer took
+                log.info("%s@%s:%d takes no %s: sending %s decompressed", ae_title, host, port, UID(syntax).name,
+                         f.name)
+                status = assoc.send_c_store(ds)
+            else:
+                return f"{f.name}: the peer accepted no presentation context for it ({sop_class}, {syntax})"
             code = getattr(status, "Status", None)
             if code is None:
                 return f"{f.name}: no response (timeout or abort)"

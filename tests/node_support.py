@@ -207,10 +207,11 @@ class NodeProcess:
 class DcmtkStoreSCP:
     """dcmtk ``storescp`` as the PACS, writing what it receives into ``folder``."""
 
-    def __init__(self, folder: Path, aet: str = "PACS", port: int | None = None) -> None:
+    def __init__(self, folder: Path, aet: str = "PACS", port: int | None = None, accept_compressed: bool = True) -> None:
         self.folder = folder
         self.aet = aet
         self.port = port or free_port()
+        self.accept_compressed = accept_compressed  # False: uncompressed transfer syntaxes only, as a codec-less PACS
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -222,7 +223,7 @@ class DcmtkStoreSCP:
         self.proc = subprocess.Popen(
             # storescp writes under the final name as data arrives: a marker, touched
             # once a file is complete, tells a finished report from a half-written one.
-            [dcmtk("storescp"), "-aet", self.aet, "-od", str(self.folder), "+xa",
+            [dcmtk("storescp"), "-aet", self.aet, "-od", str(self.folder), *(["+xa"] if self.accept_compressed else []),
              "-xcr", f"touch {self.done}/#f", "-xs", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pydicom import dcmread
+from pydicom.uid import JPEGLSLossless
 from node_support import DcmtkStoreSCP, cacnode, small_series, wait_for
 
 from conftest import free_port
 from scp.db import Database
-from scp.delivery import DeliveryLoop, DeliveryPolicy
+from scp.delivery import UNCOMPRESSED, DeliveryLoop, DeliveryPolicy, send_files
 from scp.metrics import Counters
 
 pytestmark = pytest.mark.network
@@ -44,6 +47,25 @@ def loop(db: Database, attempts: int) -> DeliveryLoop:
 def delivery(db: Database) -> dict:
     (row,) = db.delivery_rows()
     return row
+
+
+@pytest.mark.parametrize("codec", [True, False], ids=["peer-with-jpeg-ls", "peer-without"])
+def test_a_compressed_report_file_reaches_a_peer_with_or_without_its_codec(tmp_path, codec):
+    (ds,) = small_series(n_slices=1)
+    ds.compress(JPEGLSLossless)  # as the summary image is written
+    path = tmp_path / "summary.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    pacs = DcmtkStoreSCP(tmp_path / "pacs", accept_compressed=codec).start()
+    try:
+        policy = DeliveryPolicy(calling_ae_title="CACNODE", max_attempts=1, backoff_seconds=1.0)
+        assert send_files(policy, "PACS", "127.0.0.1", pacs.port, [path]) is None
+        wait_for(lambda: len(pacs.files()) == 1, 10, "the file at the PACS")
+        (received,) = map(dcmread, pacs.files())
+    finally:
+        pacs.stop()
+    syntax = received.file_meta.TransferSyntaxUID
+    assert syntax == JPEGLSLossless if codec else syntax in UNCOMPRESSED
+    np.testing.assert_array_equal(received.pixel_array, dcmread(path).pixel_array)
 
 
 def test_pacs_down_then_up_is_delivered_after_retry(tmp_path):
