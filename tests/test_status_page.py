@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from dicom_sr.reader import read_sr_scores
 from node_support import (
     DcmtkStoreSCP,
     NodeProcess,
@@ -87,6 +88,10 @@ def test_page_shows_scores_and_deliveries_and_retries_a_failed_one(tmp_path):
         assert seen["series"][1:5] == [uid, "Calcium Score 3.0 mm", "24", "sent"]
         agatston, risk, cac_drs = seen["series"][5:8]
         assert float(agatston) >= 0 and risk != "-" and re.fullmatch(r"A\d[A-Z0-9/]*", cac_drs), seen["series"]
+        # the page shows what the report that reached the PACS says
+        reported = read_sr_scores(next(f for f in pacs.files() if f.name.startswith("SR")))
+        assert (agatston, risk, cac_drs) == (f"{reported['total']['agatston']:.1f}", reported["risk_category"],
+                                             reported["cac_drs"]), reported
         assert seen["summary"] and min(seen["summary"]) > 0  # the summary image decodes in the browser
         assert seen["delivery"][1] == f"PACS@127.0.0.1:{pacs.port}" and seen["delivery"][3] == "1"
         assert seen["model"].startswith("cacnode") and "UID" in seen["model"]
