@@ -41,7 +41,10 @@ VOLUME_METHOD = Code("112056", "DCM", "Volume scoring method")
 MASS = Code("122661", "DCM", "Calcium Mass")
 MASS_METHOD = Code("112057", "DCM", "Mass scoring method")
 
+AREA = Code("42798000", "SCT", "Area")
+
 UNIT_NONE = Code("1", "UCUM", "no units")
+UNIT_MM2 = Code("mm2", "UCUM", "square millimeter")
 UNIT_MM3 = Code("mm3", "UCUM", "cubic millimeter")
 UNIT_MG = Code("mg", "UCUM", "milligram")
 UNIT_LESIONS = Code("{lesions}", "UCUM", "lesions")

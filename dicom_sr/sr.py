@@ -5,6 +5,12 @@ Built with highdicom (``report.md`` section 1).  Content tree::
     CONTAINER (126000, DCM, "Imaging Measurement Report")            TID 1500
       language, device observer (TID 1001/1004), procedure reported
       CONTAINER (126010, DCM, "Imaging Measurements")
+        CONTAINER (125007, DCM, "Measurement Group")  x counted lesion       TID 1410
+          tracking identifier ("LAD lesion 2") + UID, finding, finding site,
+          algorithm identification (TID 4019)
+          NUM Agatston / volume (of the lesion) / area (of the outline)
+          SCOORD POLYLINE image region: the lesion's outline on its peak slice,
+              SELECTED FROM that CT image
         CONTAINER (125007, DCM, "Measurement Group")  x total + 4 arteries   TID 1501
           tracking identifier + UID, [finding], finding site (CID 3016)
           NUM Agatston / volume / [mass] / lesion count, each with
@@ -15,7 +21,10 @@ Built with highdicom (``report.md`` section 1).  Content tree::
         TEXT caution, profile, acquisition, deviations
 
 When a lesion SEG is written, each measurement names the SEG segments it
-was measured on (see :func:`segment_source` for why not TID 1411).
+was measured on (see :func:`segment_source` for why not TID 1411).  The
+lesion groups give viewers that draw measurements from coordinates (OHIF,
+dcmjs) something to draw: each lesion outlined on the CT with its artery and
+score (see :func:`lesion_group`).
 """
 
 from __future__ import annotations
@@ -29,12 +38,14 @@ from pydicom.valuerep import DSfloat
 
 from dicom_sr import codes
 from dicom_sr.config import ReportConfig
+from dicom_sr.outline import outline
 from dicom_sr.source import device_attributes, header_copies
 from pipeline.scoring.arteries import ARTERY_NAMES
 from pipeline.scoring.flags import FLAG_TEXT, is_estimate
 from pipeline.model.identity import AlgorithmIdentity
 from pipeline.scoring.result import SeriesResult
 from pipeline.scoring.agatston import ArteryScore, ScoringProfile
+from pipeline.scoring.lesions import Lesion
 
 TOTAL = "Total"
 _QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
@@ -187,6 +198,44 @@ def _group(
     )
 
 
+def lesion_group(
+    lesion: Lesion, image: Dataset, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One TID 1410 group locating a counted lesion: its outline on its peak slice, its artery and scores.
+
+    The outline is a closed SCOORD POLYLINE in the pixel coordinates of
+    ``image`` (the CT slice of the lesion's largest 2-D component) and
+    references that image, the shape OHIF and dcmjs draw from.  The Agatston
+    score comes first: OHIF labels the drawing with the group's first number.
+    The algorithm identification (TID 4019) is given once, for the group.
+    """
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=outline(lesion.mask, lesion.row, lesion.col),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(image),
+    )
+    measurements = [
+        hd.sr.Measurement(
+            name=codes.AGATSTON, value=lesion.agatston, unit=codes.UNIT_NONE, method=codes.AGATSTON_METHOD
+        ),
+        hd.sr.Measurement(name=codes.VOLUME, value=lesion.volume_mm3, unit=codes.UNIT_MM3, method=codes.VOLUME_METHOD),
+        # The area inside the outline (the peak component), as TID 1410 measures its region.
+        hd.sr.Measurement(name=codes.AREA, value=lesion.area_mm2, unit=codes.UNIT_MM2),
+    ]  # fmt: skip
+    for measurement in measurements:
+        _readable_numeric_value(measurement[0])
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{lesion.artery} lesion {lesion.number}"),
+        referenced_region=region,
+        finding_type=codes.SEG_TYPE,
+        # TID 1410 takes one algorithm identification (TID 4019) for the whole group,
+        # which keeps a heavily calcified series' SR small.
+        algorithm_id=algorithm,
+        finding_sites=[hd.sr.FindingSite(codes.ARTERY_CODES[lesion.artery])],
+        measurements=measurements,
+    )
+
+
 def labels_text(identity: AlgorithmIdentity) -> str | None:
     """The sentence saying the labels are a reference annotation, and where they came from; None for a model."""
     if not identity.is_reference:
@@ -244,6 +293,7 @@ def build_sr(
     identity: AlgorithmIdentity,
     config: ReportConfig,
     seg: Dataset | None = None,
+    lesions: Sequence[Lesion] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 SR of ``result``.
 
@@ -261,15 +311,22 @@ def build_sr(
     seg
         The lesion SEG from :func:`dicom_sr.seg.build_lesion_seg`, or ``None``;
         when given, each measurement references the segments it was measured on.
+    lesions
+        The counted lesions of ``result`` (:func:`pipeline.scoring.lesions.find_lesions`),
+        each written as a TID 1410 group before the total and artery groups;
+        ``slice_index`` indexes ``source_datasets``.
     """
     score = result.score
     with_mass = result.profile.mass_calibration_mg_per_mm3_hu is not None
     algorithm = algorithm_identification(identity, result.profile)
     segments = {} if seg is None else {str(s.SegmentLabel): int(s.SegmentNumber) for s in seg.SegmentSequence}
-    # The total comes first: it is the figure a reader looks for.
+    # The lesions come first: OHIF's SR viewport opens on the first measurement
+    # and stays empty when that one has no coordinates to draw.  Then the
+    # total, the figure a reader looks for, and the arteries.
+    groups = [lesion_group(lesion, source_datasets[lesion.slice_index], algorithm) for lesion in lesions]
     site = hd.sr.CodedConcept.from_code(codes.CORONARY_ARTERY)
     total_source = segment_source(seg, sorted(segments.values())) if segments else None
-    groups = [_group(TOTAL, score.total, site, algorithm, with_mass, total_source)]
+    groups.append(_group(TOTAL, score.total, site, algorithm, with_mass, total_source))
     for name in ARTERY_NAMES:
         source = segment_source(seg, [segments[name]]) if name in segments else None
         site = hd.sr.CodedConcept.from_code(codes.ARTERY_CODES[name])

@@ -24,6 +24,7 @@ from dicom_sr.sr import build_sr
 from dicom_sr.summary import build_summary
 from pipeline.errors import CacnodeError, LabelsError
 from pipeline.model.identity import AlgorithmIdentity
+from pipeline.scoring.lesions import find_lesions
 from pipeline.scoring.result import SeriesResult
 from pipeline.reading.series import CTSeries
 
@@ -89,7 +90,9 @@ def build_report(
             series_number=config.seg_series_number,
             series_description=config.seg_series_description,
         )
-    sr = build_sr(result, series.datasets, identity, config, seg)
+    g = series.geometry
+    lesions = find_lesions(series.hu, labels, g.pixel_spacing_mm, g.increment_mm, result.profile)
+    sr = build_sr(result, series.datasets, identity, config, seg, lesions)
     summary = build_summary(result, labels, series, identity, config) if config.write_summary else None
     return ReportObjects(sr=sr, seg=seg, summary=summary)
 

@@ -161,6 +161,8 @@ def test_measurements_reference_the_seg_segments_they_were_measured_on() -> None
     assert set(numbers) == {"LAD", "RCA"}
     by_site: dict[str, set[int]] = {}
     for group in report.sr.ContentSequence[-2].ContentSequence:
+        if any(i.ValueType == "SCOORD" for i in group.ContentSequence):
+            continue  # a lesion located on its CT slice (TID 1410), not an artery's numbers
         site = next(i.ConceptCodeSequence[0].CodeMeaning for i in group.ContentSequence if i.ValueType == "CODE"
                     and i.ConceptNameCodeSequence[0].CodeValue == "363698007")  # fmt: skip
         refs = {
@@ -254,7 +256,9 @@ def test_reader_rejects_what_is_not_our_sr(tmp_path: Path) -> None:
     series, labels, result = make_case()
     sr = build_report(result, labels, series, IDENTITY, ReportConfig(write_seg=False, write_summary=False)).sr
     measurements = sr.ContentSequence[-2]
-    del measurements.ContentSequence[1]  # the LM group (the total comes first)
+    (lm,) = [i for i, group in enumerate(measurements.ContentSequence) for item in group.ContentSequence
+             if item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodeValue == "3227004"]  # fmt: skip
+    del measurements.ContentSequence[lm]  # the LM group
     with pytest.raises(ReportError, match="LM"):
         read_sr_scores(sr)
 

@@ -84,6 +84,11 @@ class CalciumScore:
     cac_drs: str
 
 
+def density_weight(peak_hu: np.ndarray, profile: ScoringProfile) -> np.ndarray:
+    """Agatston's density factor of each component from its peak HU (1 below the first cutoff, then 2, 3, 4)."""
+    return 1 + np.searchsorted(np.asarray(profile.weight_cutoffs_hu), peak_hu, side="right")
+
+
 def in_plane_structure(connectivity: int) -> np.ndarray:
     """3-D structuring element that connects voxels only within a slice."""
     plane = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
@@ -120,7 +125,7 @@ def counted_voxels(
         keep = area_mm2 >= profile.min_area - _AREA_TOLERANCE_MM2
     else:
         keep = n_pixels >= profile.min_area
-    weight = 1 + np.searchsorted(np.asarray(profile.weight_cutoffs_hu), peak, side="right")
+    weight = density_weight(peak, profile)
     # fsum is correctly rounded, so the score does not depend on the order slices were read.
     agatston = math.fsum((area_mm2[keep] * weight[keep]).tolist())
     kept_ids = np.concatenate(([False], keep))
