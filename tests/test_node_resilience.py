@@ -301,7 +301,7 @@ def test_slots_count_associations_and_waiting_connections_are_capped(make_node):
         for s in waiting:
             s.close()
     assert "scp.max_pending_connections" in node.log()
-    assert echo(node.port)
+    assert wait_for(lambda: echo(node.port), 10, "a slot once the waiting connections are gone")
 
 
 def _refuse_one(port: int) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from browser_support import BROWSER_TESTS, chromium
 from conftest import free_port
 from node_support import (
     NodeProcess,
@@ -43,7 +44,6 @@ __all__ = ["node_weights"]
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
-BROWSER_TESTS = Path(__file__).parent / "browser"
 OHIF_DIST = BROWSER_TESTS / "ohif" / "dist"
 SEED = 11  # a family-a phantom with calcium in the LAD, LCX and RCA
 
@@ -103,13 +103,7 @@ UNRELATED_ERRORS = {
 
 def require_browser() -> str:
     """Chromium's path, or a skip naming what is missing."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed (apt-get install nodejs npm)")
-    if not (BROWSER_TESTS / "node_modules" / "puppeteer-core").is_dir():
-        pytest.skip("puppeteer-core is not installed (npm ci in tests/browser)")
+    found = chromium()
     if not (OHIF_DIST / "index.html").is_file():
         pytest.skip(f"OHIF's prebuilt viewer is not in {OHIF_DIST} (see .ci/run: npm pack @ohif/app)")
     return found
@@ -185,12 +179,12 @@ class ViewerServer:
         self.server.server_close()
 
 
-def open_in_ohif(url: str, shots: Path, chromium: str) -> dict:
+def open_in_ohif(url: str, shots: Path, browser: str) -> dict:
     """Run tests/browser/ohif_viewer.mjs; return what it saw, console messages included."""
     result = subprocess.run(
         [shutil.which("node"), str(BROWSER_TESTS / "ohif_viewer.mjs"), url, str(shots)],
         check=False, capture_output=True, text=True, timeout=400, cwd=BROWSER_TESTS,
-        env={**os.environ, "CHROMIUM": chromium},
+        env={**os.environ, "CHROMIUM": browser},
     )
     lines = result.stdout.strip().splitlines()
     seen = json.loads(lines[-1]) if lines else {}
@@ -209,7 +203,7 @@ def rgb_of(css: str) -> tuple[int, int, int]:
 
 
 def test_ohif_shows_the_ct_the_seg_segments_and_the_sr(tmp_path, node_weights, request):
-    chromium = require_browser()
+    browser = require_browser()
     from dicom_sr.summary_draw import ARTERY_COLOURS
     from training.phantom.generate import generate_case, write_case
 
@@ -249,7 +243,7 @@ def test_ohif_shows_the_ct_the_seg_segments_and_the_sr(tmp_path, node_weights, r
     request.addfinalizer(server.stop)
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    seen = open_in_ohif(f"http://127.0.0.1:{server.port}/viewer?StudyInstanceUIDs={study_uid}", shots, chromium)
+    seen = open_in_ohif(f"http://127.0.0.1:{server.port}/viewer?StudyInstanceUIDs={study_uid}", shots, browser)
     browsed_at = time.monotonic()
     print(f"node to Orthanc {reported_at - started:.0f} s, OHIF {browsed_at - reported_at:.0f} s; "
           f"screenshots in {shots}")

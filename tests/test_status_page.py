@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import BROWSER_TESTS, chromium
 from conftest import free_port
 from dicom_sr.reader import read_sr_scores
 from node_support import (
@@ -30,19 +31,7 @@ from node_support import (
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
-BROWSER_TESTS = Path(__file__).parent / "browser"
 TOKEN = "s3cret-admin-token"
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed (apt-get install nodejs npm)")
-    if not (BROWSER_TESTS / "node_modules" / "puppeteer-core").is_dir():
-        pytest.skip("puppeteer-core is not installed (npm ci in tests/browser)")
-    return found
 
 
 def browse(url: str, series_uid: str, state: str, screenshot: Path, token: str | None = None) -> dict:
