@@ -1,20 +1,20 @@
 """Read the scores back from one of our TID 1500 SRs (``report.md``: "our own reader").
 
 The content tree is parsed by highdicom: :class:`highdicom.sr.Comprehensive3DSR`
-and :class:`highdicom.sr.MeasurementReport` give the TID 1501 measurement
-groups (``get_image_measurement_groups``), their finding sites and their
-measurements (``get_measurements``, whose value is the exact Floating Point
-Value (0040,A161) when present, else Numeric Value).  Tolerant when reading:
-groups are recognised by their finding site (CID 3016, or 41801008
-"Coronary artery" for the total) and numbers by their concept name,
-whatever order they come in; ROI groups (TID 1410, TID 1411) are not scores
-of an artery and are left alone.
+and :class:`highdicom.sr.MeasurementReport` give the report's root, and
+:class:`highdicom.sr.Measurement` reads each number with its finding sites
+(its value is the exact Floating Point Value (0040,A161) when present, else
+Numeric Value).  Tolerant when reading: figures are recognised by their
+finding site (CID 3016, or 41801008 "Coronary artery" for the total) and
+their concept name, whatever order they come in; lesion groups (TID 1410)
+are not scores of an artery and are left alone.
 
-Written by hand, because highdicom has no accessor for it: the risk category
-and CAC-DRS, CODE items of the Qualitative Evaluations container that TID 1500
-puts beside the Imaging Measurements (row 12) -- older reports of ours had
-them in the total's group, which highdicom's ``get_qualitative_evaluations``
-reads.
+Written by hand, because highdicom has no accessor for them: the Derived
+Imaging Measurements container (TID 1500 row 10, TID 1420) where the total
+and artery scores are, and the risk category and CAC-DRS, CODE items of the
+Qualitative Evaluations container (row 12).  Reports of older versions had
+the scores in TID 1501 measurement groups (``get_image_measurement_groups``),
+and the categories in the total's group; both are still read.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ _NUMBERS = {
 }
 _CATEGORIES = (codes.RISK_CATEGORY.value, codes.CAC_DRS.value)
 _TOTAL = "total"
+_DERIVED_MEASUREMENTS = ("126011", "DCM")
+_QUALITATIVE_EVALUATIONS = ("C0034375", "UMLS")
 
 
 class ReportError(CacnodeError):
@@ -72,29 +74,23 @@ def read_sr_scores(ds_or_path: Dataset | Path | str) -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {}
     categories: dict[str, str] = {}
     for group in report.get_image_measurement_groups():
-        sites = [str(site.ConceptCodeSequence[0].CodeValue) for site in group.finding_sites]
-        if CORONARY_ARTERY_CODE[0] in sites:
-            key = _TOTAL
-        else:
-            arteries = [BY_CODE[site].name for site in sites if site in BY_CODE]
-            if not arteries:
-                continue
-            key = arteries[0]
-        scores: dict[str, Any] = {"agatston": None, "volume_mm3": None, "mass_mg": None, "lesions": None}
-        for measurement in group.get_measurements():
-            concept = str(measurement.name.value)
-            if concept in _NUMBERS:
-                scores[_NUMBERS[concept]] = float(measurement.value)
-        for field in ("agatston", "volume_mm3", "lesions"):
-            if scores[field] is None:
-                raise ReportError(f"{name}: the {key} group has no {field}")
-        scores["lesions"] = int(round(scores["lesions"]))
-        groups[key] = scores
-        categories.update(_category_codes(group.get_qualitative_evaluations()))
-    categories.update(_category_codes(_root_qualitative_evaluations(report)))
+        key = _site_key(group.finding_sites)
+        if key is not None:
+            groups[key] = _scores(group.get_measurements(), key, name)
+            categories.update(_category_codes(group.get_qualitative_evaluations()))
+    derived: dict[str, list[hd.sr.Measurement]] = {}
+    for item in _root_container_items(report, _DERIVED_MEASUREMENTS):
+        if item.get("ValueType") == "NUM":
+            measurement = hd.sr.Measurement.from_sequence([item])
+            key = _site_key(measurement.finding_sites)
+            if key is not None:
+                derived.setdefault(key, []).append(measurement)
+    for key, measurements in derived.items():
+        groups[key] = _scores(measurements, key, name)
+    categories.update(_category_codes(_root_container_items(report, _QUALITATIVE_EVALUATIONS)))
     missing = [key for key in (*(a.name for a in BY_CODE.values()), _TOTAL) if key not in groups]
     if missing:
-        raise ReportError(f"{name}: no measurement group for {', '.join(missing)}")
+        raise ReportError(f"{name}: no scores for {', '.join(missing)}")
     for concept, label in ((codes.RISK_CATEGORY.value, "risk category"), (codes.CAC_DRS.value, "CAC-DRS")):
         if concept not in categories:
             raise ReportError(f"{name}: no {label} in the SR")
@@ -128,13 +124,36 @@ def _measurement_report(ds: Dataset, name: str) -> hd.sr.MeasurementReport:
         raise ReportError(f"{name}: not a TID 1500 Comprehensive 3D SR: {exc}") from None
 
 
-def _root_qualitative_evaluations(report: hd.sr.MeasurementReport) -> list[Dataset]:
-    """Items of the Qualitative Evaluations containers directly under the report's root (TID 1500 row 12)."""
+def _site_key(sites: Iterable[hd.sr.FindingSite]) -> str | None:
+    """``total`` or the artery name of a finding site list; None for anything else."""
+    values = [str(site.ConceptCodeSequence[0].CodeValue) for site in sites]
+    if CORONARY_ARTERY_CODE[0] in values:
+        return _TOTAL
+    arteries = [BY_CODE[value].name for value in values if value in BY_CODE]
+    return arteries[0] if arteries else None
+
+
+def _scores(measurements: Iterable[hd.sr.Measurement], key: str, name: str) -> dict[str, Any]:
+    """Agatston, volume, mass and lesion count among ``measurements`` (all but mass required)."""
+    scores: dict[str, Any] = {"agatston": None, "volume_mm3": None, "mass_mg": None, "lesions": None}
+    for measurement in measurements:
+        concept = str(measurement.name.value)
+        if concept in _NUMBERS:
+            scores[_NUMBERS[concept]] = float(measurement.value)
+    for field in ("agatston", "volume_mm3", "lesions"):
+        if scores[field] is None:
+            raise ReportError(f"{name}: the {key} scores have no {field}")
+    scores["lesions"] = int(round(scores["lesions"]))
+    return scores
+
+
+def _root_container_items(report: hd.sr.MeasurementReport, concept: tuple[str, str]) -> list[Dataset]:
+    """Items of the containers named ``concept`` directly under the report's root."""
     items: list[Dataset] = []
     for container in report[0].get("ContentSequence", []):
         if container.get("ValueType") == "CONTAINER" and container.get("ContentSequence") is not None:
             name = container.ConceptNameCodeSequence[0]
-            if (str(name.CodeValue), str(name.CodingSchemeDesignator)) == ("C0034375", "UMLS"):
+            if (str(name.CodeValue), str(name.CodingSchemeDesignator)) == concept:
                 items.extend(container.ContentSequence)
     return items
 

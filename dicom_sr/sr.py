@@ -4,27 +4,29 @@ Built with highdicom (``report.md`` section 1).  Content tree::
 
     CONTAINER (126000, DCM, "Imaging Measurement Report")            TID 1500
       language, device observer (TID 1001/1004), procedure reported
-      CONTAINER (126010, DCM, "Imaging Measurements")
+      CONTAINER (126010, DCM, "Imaging Measurements")   [only with lesions]
         CONTAINER (125007, DCM, "Measurement Group")  x counted lesion       TID 1410
           tracking identifier ("LAD lesion 2") + UID, finding, finding site,
           algorithm identification (TID 4019)
           NUM Agatston / volume (of the lesion) / area (of the outline)
           SCOORD POLYLINE image region: the lesion's outline on its peak slice,
               SELECTED FROM that CT image
-        CONTAINER (125007, DCM, "Measurement Group")  x total + 4 arteries   TID 1501
-          tracking identifier + UID, [finding], finding site (CID 3016)
-          NUM Agatston / volume / [mass] / lesion count, each with
-              method, algorithm identification (TID 4019) and
-              [source of measurement: segments of the lesion SEG]      TID 320
+      CONTAINER (126011, DCM, "Derived Imaging Measurements")               TID 1420
+        NUM Agatston / volume / [mass] / lesion count  x total + 4 arteries,
+          each with method, finding site (CID 3016), algorithm identification
+          (TID 4019), [source of measurement: segments of the lesion SEG]
       CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
         CODE risk category, CAC-DRS (private scheme 99CACNODE)
         TEXT caution, profile, acquisition, deviations
 
-When a lesion SEG is written, each measurement names the SEG segments it
-was measured on (see :func:`segment_source` for why not TID 1411).  The
-lesion groups give viewers that draw measurements from coordinates (OHIF,
-dcmjs) something to draw: each lesion outlined on the CT with its artery and
-score (see :func:`lesion_group`).
+The per-artery and total scores are sums over the lesions, so they are
+derived measurements (TID 1420) rather than measurement groups of their own:
+a viewer that draws every group of Imaging Measurements (OHIF) needs
+coordinates in each, and an artery's total has none.  The lesion groups
+give those viewers something to draw: each lesion outlined on the CT with
+its artery and score (see :func:`lesion_group`).  When a lesion SEG is
+written, each score names the SEG segments it was measured on (see
+:func:`segment_source`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ from pipeline.scoring.lesions import Lesion
 
 TOTAL = "Total"
 _QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+_IMAGING_MEASUREMENTS = ("126010", "DCM")
+_DERIVED_MEASUREMENTS = hd.sr.CodedConcept("126011", "DCM", "Derived Imaging Measurements")
 
 
 def profile_parameters(profile: ScoringProfile) -> list[str]:
@@ -98,17 +102,21 @@ def caveat_texts(result: SeriesResult, config: ReportConfig) -> list[str]:
 
 def _measurements(
     score: ArteryScore,
+    site: hd.sr.CodedConcept,
     algorithm: hd.sr.AlgorithmIdentification,
     with_mass: bool,
     source: hd.sr.SourceImageForMeasurement | None,
 ) -> list[hd.sr.Measurement]:
+    """The TID 1420 numbers of one artery or the total: Agatston, volume, [mass], lesion count."""
     images = None if source is None else [source]
+    sites = [hd.sr.FindingSite(site)]
     items = [
         hd.sr.Measurement(
             name=codes.AGATSTON,
             value=score.agatston,
             unit=codes.UNIT_NONE,
             method=codes.AGATSTON_METHOD,
+            finding_sites=sites,
             algorithm_id=algorithm,
             referenced_images=images,
         ),
@@ -117,6 +125,7 @@ def _measurements(
             value=score.volume_mm3,
             unit=codes.UNIT_MM3,
             method=codes.VOLUME_METHOD,
+            finding_sites=sites,
             algorithm_id=algorithm,
             referenced_images=images,
         ),
@@ -130,6 +139,7 @@ def _measurements(
                 value=score.mass_mg,
                 unit=codes.UNIT_MG,
                 method=codes.MASS_METHOD,
+                finding_sites=sites,
                 algorithm_id=algorithm,
                 referenced_images=images,
             )
@@ -139,6 +149,7 @@ def _measurements(
             name=codes.LESION_COUNT,
             value=score.lesions,
             unit=codes.UNIT_LESIONS,
+            finding_sites=sites,
             algorithm_id=algorithm,
             referenced_images=images,
         )
@@ -168,34 +179,32 @@ def segment_source(seg: Dataset, segment_numbers: Sequence[int]) -> hd.sr.Source
 
     The Image Reference Macro (PS3.3 Table C.18.4-1, 10-3) carries Referenced
     Segment Number (0062,000B, VM 1-n) when the referenced instance is a
-    Segmentation, so a plain TID 1501 group can tie its numbers to the
-    segments that were measured: one segment for an artery, all of them for
-    the total.  TID 1411 (one Referenced Segment per group) would fit an
-    artery but not the total nor an artery without calcium, and a TID 1500
-    container mixing TID 1411 and TID 1501 groups is rejected by the pixelmed
-    validator, which picks one template for the whole container.
+    Segmentation, so a score can name the segments it was measured on: one
+    segment for an artery, all of them for the total.
     """
     source = hd.sr.SourceImageForMeasurement(seg.SOPClassUID, seg.SOPInstanceUID)
     source.ReferencedSOPSequence[0].ReferencedSegmentNumber = list(segment_numbers)
     return source
 
 
-def _group(
-    name: str,
-    score: ArteryScore,
-    site: hd.sr.CodedConcept,
+def derived_measurements(
+    scores: Sequence[tuple[ArteryScore, hd.sr.CodedConcept, hd.sr.SourceImageForMeasurement | None]],
     algorithm: hd.sr.AlgorithmIdentification,
     with_mass: bool,
-    source: hd.sr.SourceImageForMeasurement | None,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """One TID 1501 measurement group: tracking, finding site, measurements."""
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{name} coronary calcium"),
-        # A group without calcium reports zeros, not a calcified plaque.
-        finding_type=codes.SEG_TYPE if score.lesions > 0 else None,
-        finding_sites=[hd.sr.FindingSite(site)],
-        measurements=_measurements(score, algorithm, with_mass, source),
-    )
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 10: the total's and each artery's numbers (TID 1420), given per figure set
+    its score, finding site and SEG source.
+
+    They name no lesion group by reference (INFERRED FROM by reference): highdicom
+    0.28 refuses to read an SR holding such an item, and a reader built on it
+    must be able to read ours.  The finding site ties each number to its artery.
+    """
+    container = hd.sr.ContainerContentItem(
+        name=_DERIVED_MEASUREMENTS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([
+        measurement[0] for score, site, source in scores
+        for measurement in _measurements(score, site, algorithm, with_mass, source)])
+    return container
 
 
 def lesion_group(
@@ -264,9 +273,9 @@ def qualitative_evaluations(
 ) -> hd.sr.ContainerContentItem:
     """TID 1500 rows 12-14: risk category and CAC-DRS as codes, then the caveats as text.
 
-    The categories judge the study as a whole, so they sit here rather than in
-    the total's measurement group (where the pixelmed validator also warns
-    that TID 1501 has no row for them).  For a reference annotation a comment
+    The categories judge the study as a whole, so they sit here rather than
+    beside the total's numbers (TID 1420 has no row for them).  For a
+    reference annotation a comment
     names where the labels came from (see :func:`labels_text`).
     """
     contains = hd.sr.RelationshipTypeValues.CONTAINS
@@ -313,24 +322,20 @@ def build_sr(
         when given, each measurement references the segments it was measured on.
     lesions
         The counted lesions of ``result`` (:func:`pipeline.scoring.lesions.find_lesions`),
-        each written as a TID 1410 group before the total and artery groups;
+        each written as a TID 1410 group that the total and its artery refer to;
         ``slice_index`` indexes ``source_datasets``.
     """
     score = result.score
     with_mass = result.profile.mass_calibration_mg_per_mm3_hu is not None
     algorithm = algorithm_identification(identity, result.profile)
     segments = {} if seg is None else {str(s.SegmentLabel): int(s.SegmentNumber) for s in seg.SegmentSequence}
-    # The lesions come first: OHIF's SR viewport opens on the first measurement
-    # and stays empty when that one has no coordinates to draw.  Then the
-    # total, the figure a reader looks for, and the arteries.
     groups = [lesion_group(lesion, source_datasets[lesion.slice_index], algorithm) for lesion in lesions]
-    site = hd.sr.CodedConcept.from_code(codes.CORONARY_ARTERY)
-    total_source = segment_source(seg, sorted(segments.values())) if segments else None
-    groups.append(_group(TOTAL, score.total, site, algorithm, with_mass, total_source))
+    # The total first, the figure a reader looks for, then the arteries.
+    scores = [(score.total, hd.sr.CodedConcept.from_code(codes.CORONARY_ARTERY),
+               segment_source(seg, sorted(segments.values())) if segments else None)]
     for name in ARTERY_NAMES:
-        source = segment_source(seg, [segments[name]]) if name in segments else None
-        site = hd.sr.CodedConcept.from_code(codes.ARTERY_CODES[name])
-        groups.append(_group(name, score.arteries[name], site, algorithm, with_mass, source))
+        scores.append((score.arteries[name], hd.sr.CodedConcept.from_code(codes.ARTERY_CODES[name]),
+                       segment_source(seg, [segments[name]]) if name in segments else None))
 
     observer = hd.sr.ObserverContext(
         observer_type=dcm_codes.DCM.Device,
@@ -341,12 +346,20 @@ def build_sr(
             model_name=f"{identity.name} {identity.version}",
         ),
     )
+    # highdicom wants one measurement group at least; without lesions the
+    # Imaging Measurements container is dropped (TID 1500 needs it only when
+    # neither derived measurements nor qualitative evaluations are present).
+    placeholder = [lesion_group_placeholder(algorithm)] if not groups else []
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=groups,
+        imaging_measurements=groups or placeholder,
     )
-    report[0].ContentSequence.append(qualitative_evaluations(result, config, identity))
+    content = report[0].ContentSequence
+    if not groups:
+        del content[next(i for i, item in enumerate(content) if _concept(item) == _IMAGING_MEASUREMENTS)]
+    content.append(derived_measurements(scores, algorithm, with_mass))
+    content.append(qualitative_evaluations(result, config, identity))
 
     evidence = header_copies(source_datasets)
     if seg is not None:
@@ -373,6 +386,17 @@ def build_sr(
     )
     _separate_containers(sr)
     return sr
+
+
+def lesion_group_placeholder(algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A group that only lets highdicom build a report without lesions (removed at once by ``build_sr``)."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="none"), algorithm_id=algorithm)
+
+
+def _concept(item: Dataset) -> tuple[str, str]:
+    name = item.ConceptNameCodeSequence[0]
+    return str(name.CodeValue), str(name.CodingSchemeDesignator)
 
 
 def _separate_containers(item: Dataset) -> None:

@@ -154,28 +154,32 @@ def test_sr_content_follows_the_spec() -> None:
     assert "threshold_hu=130" in parameters and "connectivity=8" in parameters and "min_area=1 mm2" in parameters
 
 
+def root_container(sr: Dataset, code_value: str) -> Dataset | None:
+    """The container directly under the SR's root whose concept has ``code_value``, or None."""
+    found = [item for item in sr.ContentSequence
+             if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == code_value]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
 def test_measurements_reference_the_seg_segments_they_were_measured_on() -> None:
     series, labels, result = make_case()
     report = build_report(result, labels, series, IDENTITY, ReportConfig())
     numbers = {str(s.SegmentLabel): int(s.SegmentNumber) for s in report.seg.SegmentSequence}
     assert set(numbers) == {"LAD", "RCA"}
     by_site: dict[str, set[int]] = {}
-    for group in report.sr.ContentSequence[-2].ContentSequence:
-        if any(i.ValueType == "SCOORD" for i in group.ContentSequence):
-            continue  # a lesion located on its CT slice (TID 1410), not an artery's numbers
-        site = next(i.ConceptCodeSequence[0].CodeMeaning for i in group.ContentSequence if i.ValueType == "CODE"
+    for num in root_container(report.sr, "126011").ContentSequence:
+        site = next(i.ConceptCodeSequence[0].CodeMeaning for i in num.ContentSequence if i.ValueType == "CODE"
                     and i.ConceptNameCodeSequence[0].CodeValue == "363698007")  # fmt: skip
         refs = {
             int(n)
-            for num in group.ContentSequence
-            if num.ValueType == "NUM"
-            for item in num.get("ContentSequence", [])
+            for item in num.ContentSequence
             if item.ValueType == "IMAGE"
             for ref in item.ReferencedSOPSequence
             if ref.ReferencedSOPInstanceUID == report.seg.SOPInstanceUID
             for n in np.atleast_1d(ref.ReferencedSegmentNumber)
         }
-        by_site[site] = refs
+        assert by_site.setdefault(site, refs) == refs  # every number of a site names the same segments
     assert by_site["Left anterior descending coronary artery"] == {numbers["LAD"]}
     assert by_site["Right coronary artery"] == {numbers["RCA"]}
     assert by_site["Left main coronary artery"] == set()
@@ -255,10 +259,10 @@ def test_reader_rejects_what_is_not_our_sr(tmp_path: Path) -> None:
         read_sr_scores(junk)
     series, labels, result = make_case()
     sr = build_report(result, labels, series, IDENTITY, ReportConfig(write_seg=False, write_summary=False)).sr
-    measurements = sr.ContentSequence[-2]
-    (lm,) = [i for i, group in enumerate(measurements.ContentSequence) for item in group.ContentSequence
-             if item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodeValue == "3227004"]  # fmt: skip
-    del measurements.ContentSequence[lm]  # the LM group
+    derived = root_container(sr, "126011")
+    derived.ContentSequence = [num for num in derived.ContentSequence  # without the LM numbers
+                               if not any(item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodeValue == "3227004"
+                                          for item in num.ContentSequence)]  # fmt: skip
     with pytest.raises(ReportError, match="LM"):
         read_sr_scores(sr)
 
@@ -313,7 +317,7 @@ def test_unwritable_report_file_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "missing").exists()
 
 
-def test_reader_reads_artery_scores_from_the_artery_groups_not_from_lesion_rois() -> None:
+def test_reader_reads_artery_scores_from_the_derived_measurements_not_from_lesion_rois() -> None:
     """A lesion located by a TID 1410 planar ROI (its artery, its Agatston) is no artery total."""
     import highdicom as hd
 
@@ -334,5 +338,5 @@ def test_reader_reads_artery_scores_from_the_artery_groups_not_from_lesion_rois(
         finding_sites=[hd.sr.FindingSite(codes.ARTERY_CODES["LAD"])],
         measurements=[hd.sr.Measurement(name=codes.AGATSTON, value=1234.0, unit=codes.UNIT_NONE)],
     )
-    sr.ContentSequence[-2].ContentSequence.extend(lesion)
+    root_container(sr, "126010").ContentSequence.extend(lesion)
     assert read_sr_scores(sr) == _expected(result)

@@ -1,7 +1,8 @@
 """Each counted lesion is located in the SR: a TID 1410 planar ROI with its outline on its peak CT slice.
 
 Viewers that draw measurements from coordinates (OHIF, dcmjs) need these
-groups; the artery and total groups keep the numbers the reader reads.
+groups; the artery and total scores, derived measurements beside them, keep
+the numbers the reader reads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from test_report import IDENTITY, make_case
+from test_report import IDENTITY, make_case, root_container
 
 from dicom_sr import codes
 from dicom_sr.config import ReportConfig
@@ -198,9 +199,39 @@ def test_each_lesion_adds_only_a_few_kilobytes_to_the_sr() -> None:
     assert grown / 30 < 4000
 
 
-def test_the_first_measurement_group_is_a_lesion_a_viewer_can_draw() -> None:
-    """OHIF's SR viewport opens on the first measurement and shows nothing when it has no coordinates."""
-    series, labels, result = make_case()
+def test_every_measurement_group_has_an_outline_a_viewer_can_draw() -> None:
+    """OHIF draws each group of Imaging Measurements from its coordinates and fails on one without."""
+    series, labels, result = _rich_case()
     sr = build_report(result, labels, series, IDENTITY, NO_FILES).sr
-    first = sr.ContentSequence[-2].ContentSequence[0]
-    assert [item.GraphicType for item in first.ContentSequence if item.ValueType == "SCOORD"] == ["POLYLINE"]
+    groups = root_container(sr, "126010").ContentSequence
+    assert len(groups) == 6
+    for group in groups:
+        assert [item.GraphicType for item in group.ContentSequence if item.ValueType == "SCOORD"] == ["POLYLINE"]
+
+
+def test_artery_and_total_scores_are_derived_measurements_with_their_finding_site() -> None:
+    series, labels, result = _rich_case()
+    sr = build_report(result, labels, series, IDENTITY, NO_FILES).sr
+    found: dict[tuple[str, str], float] = {}
+    for num in root_container(sr, "126011").ContentSequence:
+        assert num.ValueType == "NUM"
+        (site,) = [item.ConceptCodeSequence[0].CodeValue for item in num.ContentSequence
+                   if item.ConceptNameCodeSequence[0].CodeValue == "363698007"]
+        key = ("total" if site == codes.CORONARY_ARTERY.value else BY_CODE[site].name,
+               num.ConceptNameCodeSequence[0].CodeValue)
+        assert key not in found
+        found[key] = float(num.MeasuredValueSequence[0].NumericValue)
+    assert found[("total", codes.AGATSTON.value)] == pytest.approx(result.score.total.agatston, abs=0.05)
+    for name in BY_NAME:
+        assert found[(name, codes.LESION_COUNT.value)] == result.score.arteries[name].lesions
+        assert found[(name, codes.VOLUME.value)] == pytest.approx(result.score.arteries[name].volume_mm3, abs=0.05)
+    assert len(found) == 5 * 3
+
+
+def test_a_zero_report_has_no_imaging_measurements_but_reads_back_as_zeros() -> None:
+    series, labels, result = make_case(calcium=False)
+    sr = build_report(result, labels, series, IDENTITY, NO_FILES).sr
+    assert root_container(sr, "126010") is None
+    scores = read_sr_scores(sr)
+    assert scores["total"]["agatston"] == 0.0 and scores["risk_category"] == "0"
+    assert all(s["lesions"] == 0 for s in scores["arteries"].values())

@@ -4,7 +4,8 @@
 //
 // Waits until the CT is drawn, opens the SEG (accepting OHIF's "open this
 // segmentation?" prompt), reads the segmentation panel, then opens the SR and
-// reads the measurement panel.  Prints what it saw, and every console message
+// steps through its measurements with the SR viewport's arrows, reading the
+// label drawn on the image for each.  Prints what it saw, and every console message
 // and failed request, as one JSON line; exits non-zero with the reason when the
 // viewer never shows the study.
 import puppeteer from "puppeteer-core";
@@ -12,6 +13,7 @@ import puppeteer from "puppeteer-core";
 const [url, shots] = process.argv.slice(2);
 const chromium = process.env.CHROMIUM || "/usr/bin/chromium";
 const STEP_MS = 60_000;
+const MAX_SR_STEPS = 60; // measurements stepped through in the SR viewport
 
 const consoleMessages = [];
 const failedRequests = [];
@@ -32,6 +34,15 @@ async function until(page, what, fn, arg, timeout = STEP_MS) {
 // The study browser's thumbnails and their visible text (runs in the page).
 function thumbnails() {
   return [...document.querySelectorAll("[data-cy^='study-browser-thumbnail']")].map((t) => t.innerText.trim());
+}
+
+// The text of the annotations drawn on the viewports, one string per annotation, lines joined
+// by " | " (runs in the page; Cornerstone draws them as SVG text).
+function annotationLabels() {
+  return [...document.querySelectorAll("svg text")]
+    .map((t) => [...t.querySelectorAll("tspan")].map((s) => s.textContent.trim()).filter(Boolean).join(" | ")
+      || t.textContent.trim())
+    .filter((label) => /calcium score/i.test(label));
 }
 
 // Clicks the first visible button whose text is one of `labels` (runs in the page).
@@ -165,28 +176,31 @@ try {
   while (Date.now() < srDeadline) {
     const clicked = await page.evaluate(clickButton, ["Yes", "Load", "Open"]);
     if (clicked) seen.prompts.push(`SR: ${clicked}`);
-    const text = await page.evaluate(panelText);
-    if (/\b(LM|LAD|LCX|RCA)\b.*(Agatston|score|mm)/is.test(text) && clicked === null) break;
+    const drawn = await page.evaluate(annotationLabels);
+    if (drawn.length && clicked === null) break;
     await sleep(500);
   }
-  // the measurements panel's tab (its data-cy is the panel name and -btn), when it is not open already
-  seen.measurementTab = await page.evaluate(() => {
-    if (document.querySelector("[data-cy='trackedMeasurements-panel'], [data-cy='measurements-panel']")) return "open";
-    const tab = [...document.querySelectorAll("[data-cy]")].find((e) => /measurements-btn$/i.test(e.dataset.cy));
-    if (tab) tab.click();
-    return tab ? tab.dataset.cy : null;
-  });
-  await sleep(1500);
-  // only the measurement panel's text: the segmentation panel names the arteries too
-  seen.srPanel = await page.evaluate(() =>
-    [...document.querySelectorAll("[data-cy='trackedMeasurements-panel'], [data-cy='measurements-panel']")]
-      .map((p) => p.innerText.trim()).join("\n"));
-  seen.srRows = await page.evaluate(() =>
-    [...document.querySelectorAll("[data-cy^='measurement-table-row-']")].map((r) => r.innerText.trim()));
+  // The SR viewport draws one measurement at a time, with its label; its arrows step through them.
+  seen.srLabels = [];
+  let unchanged = 0;
+  for (let step = 0; step < MAX_SR_STEPS && unchanged < 3; step++) {
+    await sleep(700);
+    const fresh = (await page.evaluate(annotationLabels)).filter((label) => !seen.srLabels.includes(label));
+    seen.srLabels.push(...fresh);
+    unchanged = fresh.length ? 0 : unchanged + 1;
+    if (step === 0) await page.screenshot({ path: `${shots}/3-sr.png` });
+    const stepped = await page.evaluate(() => {
+      const arrow = document.querySelector("[data-cy='viewport-action-arrows-right'] svg");
+      if (!arrow) return false;
+      arrow.dispatchEvent(new MouseEvent("click", { bubbles: true }));
+      return true;
+    });
+    if (!stepped) break;
+  }
   seen.srPageText = await page.evaluate(panelText);
   seen.srConsole = consoleMessages.slice(srStart);
   seen.steps.push("sr");
-  await page.screenshot({ path: `${shots}/3-sr.png` });
+  await page.screenshot({ path: `${shots}/4-sr-last.png` });
 } catch (error) {
   seen.error = String(error);
   exitCode = 1;
