@@ -26,19 +26,25 @@ def run_score(args: argparse.Namespace, config: Config) -> int:
     except SeveralSeriesError as exc:
         raise exc.choose_with("--series-uid") from None
     if args.labels is not None:
+        from pipeline.model.preprocess import Preprocess, PreprocessConfig
         from pipeline.reading.labels_io import labels_origin, read_labels
 
         labels = read_labels(args.labels, series)
         identity = reference_labels(labels_origin(args.labels))
         source = f"labels:{args.labels.name}"
+        # No model: the heart crop is the classical localiser's (no network), with the
+        # preprocessing defaults that the bundled weights also use.
+        g = series.geometry
+        heart_box = Preprocess(PreprocessConfig()).crop_box(series.hu, g.pixel_spacing_mm, g.increment_mm)
     else:
         from pipeline.model.inference import Labeller
 
         labeller = Labeller.load(config.model, device=args.device)
         labels = labeller.predict(series)
+        heart_box = labeller.heart_box(series)
         identity = labeller.identity
         source = f"model:{identity.name} {identity.version}"
-    result = score_series(series, labels, config.scoring, source)
+    result = score_series(series, labels, config.scoring, source, heart_box=heart_box)
     if args.sr or args.seg or args.summary:
         from dicom_sr.writer import write_report_files
 

@@ -58,6 +58,9 @@ MANUAL_FAMILY = Code("123109", "DCM", "Manual Processing")
 # --- SEG segment description (report.md section 2) ---
 SEG_CATEGORY = Code("49755003", "SCT", "Morphologically Abnormal Structure")
 SEG_TYPE = Code("29483008", "SCT", "Calcified atheromatous plaque")
+# The segment of calcium in the heart crop that no artery counts (``pipeline.scoring.uncounted``):
+# same category, typed as calcification without saying where (not a coronary plaque by our labels).
+UNCOUNTED_SEG_TYPE = Code("18115005", "SCT", "Pathologic calcification")
 
 # --- procedure reported (TID 1500 row 4, CID 100) ---
 # CID 100 has no cardiac or calcium-scoring CT concept; its CT member is used so
@@ -77,6 +80,7 @@ def artery_code(artery: Artery) -> Code:
 
 
 CORONARY_ARTERY = Code(*CORONARY_ARTERY_CODE)
+HEART = Code("80891009", "SCT", "Heart structure")  # site of the calcium no artery counts
 ARTERY_CODES: dict[str, Code] = {a.name: artery_code(a) for a in ARTERIES}
 
 

@@ -1,12 +1,17 @@
 """The lesion DICOM SEG: one BINARY segment per artery with calcium (``report.md`` section 2).
 
+When the heart crop holds calcium that no artery counts (``pipeline.scoring.uncounted``), one
+more segment, after the arteries', outlines it in grey ("Calcium not attributed to a coronary
+artery"), so a viewer shows what the score left out; it is absent otherwise.
+
 Built with highdicom on the frames of the source CT series, in the source
 study, with fresh UIDs.  Empty frames are kept (``omit_empty_frames=False``):
 some viewers mis-place segmentations whose frames are omitted, and a full
 stack also lets readers map frame k to source slice k without geometry.
 
 A Segmentation needs at least one segment (PS3.3 C.8.20.4: the Segment
-Sequence has one or more items), so a label map without any artery raises
+Sequence has one or more items), so a label map without any artery (and no
+uncounted calcium) raises
 :class:`~pipeline.errors.LabelsError`; :mod:`dicom_sr.writer` skips the SEG
 for such a series instead of calling this.
 """
@@ -23,8 +28,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_sr import codes
 from dicom_sr.source import device_attributes, header_copies
-from dicom_sr.summary_draw import ARTERY_COLOURS
+from dicom_sr.summary_draw import ARTERY_COLOURS, UNCOUNTED_COLOUR
 from pipeline.scoring.arteries import ARTERIES, Artery
+from pipeline.scoring.uncounted import DESCRIPTION as UNCOUNTED_LABEL
 from pipeline.errors import LabelsError
 from pipeline.model.identity import AlgorithmIdentity
 
@@ -79,6 +85,7 @@ def build_lesion_seg(
     *,
     series_number: int,
     series_description: str,
+    uncounted: np.ndarray | None = None,
 ) -> Dataset:
     """A BINARY Segmentation of the calcium of each artery in ``labels``.
 
@@ -97,6 +104,9 @@ def build_lesion_seg(
         reference annotation the segments are MANUAL, without identification.
     series_number, series_description
         Of the new SEG series.
+    uncounted
+        Boolean mask, same shape, of the calcium that no artery counts
+        (``UncountedCalcium.mask()``); a segment of its own, after the arteries', when any.
 
     Returns
     -------
@@ -117,7 +127,10 @@ def build_lesion_seg(
     if labels.shape[1:] != (rows, cols):
         raise LabelsError(f"series {series_uid}: label map {labels.shape} does not match {rows}x{cols} slices")
     arteries = segment_arteries(labels)
-    if not arteries:
+    with_uncounted = uncounted is not None and bool(uncounted.any())
+    if with_uncounted and uncounted.shape != labels.shape:
+        raise LabelsError(f"series {series_uid}: uncounted mask {uncounted.shape} does not match {labels.shape}")
+    if not arteries and not with_uncounted:
         raise LabelsError(f"series {series_uid}: no artery has calcium, a SEG needs at least one segment")
 
     # Map label values (1-4) to consecutive segment numbers (1..n_segments).
@@ -125,6 +138,9 @@ def build_lesion_seg(
     for number, artery in enumerate(arteries, start=1):
         lut[artery.label] = number
     label_map = lut[labels.astype(np.uint8, copy=False)]
+    if with_uncounted:
+        # Uncounted voxels carry no label (label 0), so the segments do not overlap.
+        label_map[uncounted & (labels == 0)] = len(arteries) + 1
 
     algorithm = algorithm_identification(identity)
     descriptions = [
@@ -142,6 +158,20 @@ def build_lesion_seg(
         )
         for number, artery in enumerate(arteries, start=1)
     ]
+    if with_uncounted:
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=len(arteries) + 1,
+                segment_label=UNCOUNTED_LABEL,
+                segmented_property_category=codes.SEG_CATEGORY,
+                segmented_property_type=codes.UNCOUNTED_SEG_TYPE,
+                algorithm_type=_algorithm_type(identity),
+                algorithm_identification=algorithm,
+                tracking_uid=hd.UID(),
+                tracking_id="Calcium not attributed",
+                display_color=hd.color.CIELabColor.from_rgb(*UNCOUNTED_COLOUR),
+            )
+        )
     seg = hd.seg.Segmentation(
         source_images=header_copies(source_datasets),
         pixel_array=label_map,
@@ -160,9 +190,12 @@ def build_lesion_seg(
     )
     if identity.is_reference:
         # Segment Description (0062,0006, LO): the segments copy an annotation.
-        for segment in seg.SegmentSequence:
+        for segment in seg.SegmentSequence[: len(arteries)]:
             segment.SegmentDescription = "Reference annotation"
-    logger.debug("series %s: SEG with %d segments built", series_uid, len(arteries))
+    if with_uncounted:
+        # Not a finding of the labels: in the heart crop, at or above the threshold, counted in no artery.
+        seg.SegmentSequence[len(arteries)].SegmentDescription = "In the heart crop, counted in no artery's score"
+    logger.debug("series %s: SEG with %d segments built", series_uid, len(seg.SegmentSequence))
     return seg
 
 

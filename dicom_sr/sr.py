@@ -15,9 +15,10 @@ Built with highdicom (``report.md`` section 1).  Content tree::
         NUM Agatston / volume / [mass] / lesion count  x total + 4 arteries,
           each with method, finding site (CID 3016), algorithm identification
           (TID 4019), [source of measurement: segments of the lesion SEG]
+        [NUM volume of the calcium in the heart region no artery counts, site heart]
       CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
         CODE risk category, CAC-DRS (private scheme 99CACNODE)
-        TEXT caution, profile, acquisition, deviations
+        TEXT caution, profile, acquisition, deviations, [uncounted calcium, review]
 
 The per-artery and total scores are sums over the lesions, so they are
 derived measurements (TID 1420) rather than measurement groups of their own:
@@ -48,6 +49,7 @@ from pipeline.model.identity import AlgorithmIdentity
 from pipeline.scoring.result import SeriesResult
 from pipeline.scoring.agatston import ArteryScore, ScoringProfile
 from pipeline.scoring.lesions import Lesion
+from pipeline.scoring.uncounted import DESCRIPTION
 
 TOTAL = "Total"
 _QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
@@ -191,9 +193,10 @@ def derived_measurements(
     scores: Sequence[tuple[ArteryScore, hd.sr.CodedConcept, hd.sr.SourceImageForMeasurement | None]],
     algorithm: hd.sr.AlgorithmIdentification,
     with_mass: bool,
+    extra: Sequence[Dataset] = (),
 ) -> hd.sr.ContainerContentItem:
     """TID 1500 row 10: the total's and each artery's numbers (TID 1420), given per figure set
-    its score, finding site and SEG source.
+    its score, finding site and SEG source, then ``extra`` numbers.
 
     They name no lesion group by reference (INFERRED FROM by reference): highdicom
     0.28 refuses to read an SR holding such an item, and a reader built on it
@@ -203,8 +206,38 @@ def derived_measurements(
         name=_DERIVED_MEASUREMENTS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     container.ContentSequence = hd.sr.ContentSequence([
         measurement[0] for score, site, source in scores
-        for measurement in _measurements(score, site, algorithm, with_mass, source)])
+        for measurement in _measurements(score, site, algorithm, with_mass, source)] + list(extra))
     return container
+
+
+def uncounted_texts(result: SeriesResult) -> list[str]:
+    """What the report says of the heart region's calcium that no artery counts (none when not assessed)."""
+    u = result.uncounted
+    if u is None:
+        return []
+    texts = [f"{DESCRIPTION} (not in the score): {u.volume_mm3:.1f} mm3 in {u.components} object(s) "
+             "in the heart region."]
+    if u.review_text is not None:
+        texts.append(f"Review: {u.review_text}")
+    return texts
+
+
+def uncounted_volume(result: SeriesResult, algorithm: hd.sr.AlgorithmIdentification,
+                     source: hd.sr.SourceImageForMeasurement | None) -> list[Dataset]:
+    """The uncounted calcium's volume as a derived number at the heart (none when not assessed),
+    naming its SEG segment (``source``) when there is one.
+
+    Its finding site is the heart, not a coronary artery, so readers of the
+    artery and total scores (ours included) pass it by.
+    """
+    if result.uncounted is None:
+        return []
+    measurement = hd.sr.Measurement(
+        name=codes.VOLUME, value=result.uncounted.volume_mm3, unit=codes.UNIT_MM3, method=codes.VOLUME_METHOD,
+        finding_sites=[hd.sr.FindingSite(codes.HEART)], algorithm_id=algorithm,
+        referenced_images=None if source is None else [source])
+    _readable_numeric_value(measurement[0])
+    return [measurement[0]]
 
 
 def lesion_group(
@@ -289,6 +322,8 @@ def qualitative_evaluations(
         hd.sr.TextContentItem(name=codes.COMMENT, value=text, relationship_type=contains)
         for text in caveat_texts(result, config)
     ]
+    items += [hd.sr.TextContentItem(name=codes.COMMENT, value=text, relationship_type=contains)
+              for text in uncounted_texts(result)]
     origin = None if identity is None else labels_text(identity)
     if origin is not None:
         items.append(hd.sr.TextContentItem(name=codes.COMMENT, value=origin, relationship_type=contains))
@@ -328,11 +363,13 @@ def build_sr(
     score = result.score
     with_mass = result.profile.mass_calibration_mg_per_mm3_hu is not None
     algorithm = algorithm_identification(identity, result.profile)
+    # The SEG's segments by label: the arteries', and the one of the calcium no artery counts.
     segments = {} if seg is None else {str(s.SegmentLabel): int(s.SegmentNumber) for s in seg.SegmentSequence}
+    artery_segments = sorted(number for label, number in segments.items() if label in ARTERY_NAMES)
     groups = [lesion_group(lesion, source_datasets[lesion.slice_index], algorithm) for lesion in lesions]
     # The total first, the figure a reader looks for, then the arteries.
     scores = [(score.total, hd.sr.CodedConcept.from_code(codes.CORONARY_ARTERY),
-               segment_source(seg, sorted(segments.values())) if segments else None)]
+               segment_source(seg, artery_segments) if artery_segments else None)]
     for name in ARTERY_NAMES:
         scores.append((score.arteries[name], hd.sr.CodedConcept.from_code(codes.ARTERY_CODES[name]),
                        segment_source(seg, [segments[name]]) if name in segments else None))
@@ -358,7 +395,8 @@ def build_sr(
     content = report[0].ContentSequence
     if not groups:
         del content[next(i for i, item in enumerate(content) if _concept(item) == _IMAGING_MEASUREMENTS)]
-    content.append(derived_measurements(scores, algorithm, with_mass))
+    grey = segment_source(seg, [segments[DESCRIPTION]]) if DESCRIPTION in segments else None
+    content.append(derived_measurements(scores, algorithm, with_mass, uncounted_volume(result, algorithm, grey)))
     content.append(qualitative_evaluations(result, config, identity))
 
     evidence = header_copies(source_datasets)

@@ -1,9 +1,10 @@
 """The summary image: a Secondary Capture for viewers that show nothing of an SR (``report.md`` section 3).
 
 One RGB image, from top to bottom: the caution banner, the title, the key
-slices with the scored calcium outlined in one colour per artery, the colour
-legend, the score table next to the total / risk category / CAC-DRS, and
-the acquisition caveats.  Text is large enough to read on a reading-room
+slices with the scored calcium outlined in one colour per artery (and in grey
+the calcium of the heart crop that no artery counts, ``pipeline.scoring.uncounted``),
+the colour legend, the review flag when that calcium is large, the score table
+next to the total / risk category / CAC-DRS, and the acquisition caveats.  Text is large enough to read on a reading-room
 monitor at the default 1600 pixel width.  No patient identifiers are drawn
 (Burned In Annotation NO), so the image can be shown and exported freely.
 """
@@ -23,6 +24,7 @@ from dicom_sr.source import header_copy
 from dicom_sr.sr import caveat_texts
 from dicom_sr.summary_draw import (
     ARTERY_COLOURS,
+    UNCOUNTED_COLOUR,
     calcium_per_slice,
     crop_box,
     font,
@@ -61,10 +63,13 @@ def render_summary(
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = int(30 * unit * 1.35)
 
-    # Key slices: where most scored calcium is.
+    # Key slices: where most scored calcium is; the uncounted calcium's slice too, as a fifth "artery".
     per_slice = calcium_per_slice(series.hu, labels, result.profile.threshold_hu)
-    chosen = key_slices(per_slice, config.key_slices)
-    box = crop_box(labels, series.geometry.pixel_spacing_mm)
+    u = result.uncounted if result.uncounted is not None and result.uncounted.components else None
+    uncounted = u.mask() if u is not None else None
+    shown = per_slice if uncounted is None else np.vstack([per_slice, uncounted.sum(axis=(1, 2))[None]])
+    chosen = key_slices(shown, config.key_slices)
+    box = crop_box(labels if uncounted is None else (labels > 0) | uncounted, series.geometry.pixel_spacing_mm)
     # Two tiles a row (three for five or six) keep small lesions visible; a lone
     # tile takes half the width.
     n_cols = 2 if config.key_slices <= 4 else 3
@@ -79,6 +84,8 @@ def render_summary(
         for i, text in enumerate(caveat_texts(result, config)[1:])
         for line in wrap(scratch, text, small, width - 2 * margin)
     ]
+    # The review flag, amber under the legend: a zero must not hide calcium a reader should see.
+    review = wrap(scratch, u.review_text, bold, width - 2 * margin) if u is not None and u.review_text else []
     footer = wrap(
         scratch,
         f"{identity.name} {identity.version} (algorithm UID {identity.uid}), {result.labels_source}",
@@ -96,6 +103,7 @@ def render_summary(
         + margin // 2  # tiles and captions
         + line_h
         + margin  # legend
+        + len(review) * line_h  # review flag
         + table_rows * line_h
         + margin  # table
         + len(caveats) * int(line_h * 0.85)
@@ -133,12 +141,14 @@ def render_summary(
     for i, k in enumerate(sorted(chosen, reverse=True)):
         x = margin + (i % n_cols) * (tile + margin)
         y_tile = y + (i // n_cols) * (tile + line_h + margin // 2)
-        image.paste(render_tile(series.hu[k], labels[k], result.profile.threshold_hu, box, tile), (x, y_tile))
+        outline_grey = None if uncounted is None else uncounted[k]
+        image.paste(render_tile(series.hu[k], labels[k], result.profile.threshold_hu, box, tile, outline_grey),
+                    (x, y_tile))  # fmt: skip
         number = series.datasets[k].get("InstanceNumber", None)
         z = series.geometry.positions[k][2]
         caption = (f"Image {number}" if number is not None else f"Slice {k + 1}") + f"   z {z:.1f} mm"
         draw.text((x, y_tile + tile + int(6 * unit)), caption, font=small, fill=DIM)
-    if not per_slice.any():
+    if not shown.any():
         draw.text((margin * 2 + tile, y + tile // 2), "No coronary calcium found", font=bold, fill=TEXT)
     y += n_rows * (tile + line_h + margin // 2) + margin // 2
 
@@ -149,8 +159,19 @@ def render_summary(
         draw.rectangle(swatch, outline=ARTERY_COLOURS[name], width=max(2, int(4 * unit)))
         draw.text((x + int(38 * unit), y), name, font=body, fill=ARTERY_COLOURS[name])
         x += int(150 * unit)
-    draw.text((x + int(20 * unit), y + int(4 * unit)), "outlines: calcium counted in the score", font=small, fill=DIM)
+    legend = "outlines: calcium counted in the score"
+    if u is not None:
+        swatch = (x, y + int(6 * unit), x + int(26 * unit), y + int(32 * unit))
+        draw.rectangle(swatch, outline=UNCOUNTED_COLOUR, width=max(2, int(4 * unit)))
+        draw.text((x + int(38 * unit), y), "Not counted", font=body, fill=UNCOUNTED_COLOUR)
+        x += int(220 * unit)
+        legend = "outlines: calcium counted in the score; grey: calcium not attributed to an artery"
+    for i, line in enumerate(wrap(scratch, legend, small, width - x - int(20 * unit) - margin)[:2]):
+        draw.text((x + int(20 * unit), y + int(4 * unit) + i * int(line_h * 0.6)), line, font=small, fill=DIM)
     y += line_h + margin
+    for line in review:
+        draw.text((margin, y - margin // 2), line, font=bold, fill=WARNING)
+        y += line_h
 
     # 5. Score table (left) and the headline figures (right).
     y_table = y

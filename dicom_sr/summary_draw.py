@@ -23,6 +23,10 @@ ARTERY_COLOURS: dict[str, tuple[int, int, int]] = {
     "RCA": (230, 97, 0),  # vermillion
 }
 
+# Calcium that no artery counts (``pipeline.scoring.uncounted``): light grey, apart from every
+# artery colour, and lighter than the soft tissue it is drawn on.
+UNCOUNTED_COLOUR: tuple[int, int, int] = (200, 200, 200)
+
 # Mediastinal window: calcium (>= 130 HU) shows near white, soft tissue grey.
 WINDOW_CENTRE_HU = 40.0
 WINDOW_WIDTH_HU = 400.0
@@ -113,12 +117,19 @@ def crop_box(
 
 
 def render_tile(
-    hu_slice: np.ndarray, label_slice: np.ndarray, threshold_hu: float, box: tuple[int, int, int, int], size: int
+    hu_slice: np.ndarray,
+    label_slice: np.ndarray,
+    threshold_hu: float,
+    box: tuple[int, int, int, int],
+    size: int,
+    uncounted_slice: np.ndarray | None = None,
 ) -> Image.Image:
     """One CT slice, windowed, cropped to ``box``, scaled to ``size`` pixels, calcium outlined per artery.
 
     Only labelled voxels at or above ``threshold_hu`` are outlined: that is the
-    calcium the score counts, not the whole labelled region.
+    calcium the score counts, not the whole labelled region.  ``uncounted_slice``
+    (boolean, the slice of ``UncountedCalcium.mask()``) is outlined in
+    :data:`UNCOUNTED_COLOUR`: calcium of the heart crop that no artery counts.
     """
     r0, r1, c0, c1 = box
     low = WINDOW_CENTRE_HU - WINDOW_WIDTH_HU / 2
@@ -127,12 +138,17 @@ def render_tile(
     pixels = np.array(tile)
     crop = np.where(hu_slice[r0:r1, c0:c1] >= threshold_hu, label_slice[r0:r1, c0:c1], 0)
     thickness = max(2, size // 200)
-    for artery in ARTERIES:
-        mask = crop == artery.label
+    masks = [(crop == a.label, ARTERY_COLOURS[a.name]) for a in ARTERIES]
+    if uncounted_slice is not None:
+        masks.append((uncounted_slice[r0:r1, c0:c1], UNCOUNTED_COLOUR))
+    for mask, colour in masks:
         if not mask.any():
             continue
         big = np.array(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 0
         # Outline drawn just outside the lesion so the calcium itself stays visible.
-        ring = ndimage.binary_dilation(big, iterations=thickness) & ~big
-        pixels[ring] = ARTERY_COLOURS[artery.name]
+        grown = ndimage.binary_dilation(big, iterations=thickness)
+        if colour == UNCOUNTED_COLOUR:
+            # Grey next to white calcium and grey tissue needs a dark edge to be seen.
+            pixels[ndimage.binary_dilation(grown, iterations=max(1, thickness // 2)) & ~grown] = (0, 0, 0)
+        pixels[grown & ~big] = colour
     return Image.fromarray(pixels)

@@ -69,8 +69,8 @@ def build_report(
     Returns
     -------
     ReportObjects
-        No SEG is made for a series without calcium: a SEG needs a segment
-        (the caller says so, once, where it logs).
+        No SEG is made for a series without calcium, counted or not (``result.uncounted``):
+        a SEG needs a segment (the caller says so, once, where it logs).
 
     Raises
     ------
@@ -82,13 +82,16 @@ def build_report(
             f"series {series.series_uid}: labels {labels.shape} do not match the series {series.hu.shape}"
         )
     seg = None
-    if config.write_seg and segment_arteries(labels):
+    # Calcium that no artery counts gets a segment of its own (and makes a SEG of a zero score).
+    uncounted = result.uncounted.mask() if result.uncounted is not None and result.uncounted.components else None
+    if config.write_seg and (segment_arteries(labels) or uncounted is not None):
         seg = build_lesion_seg(
             labels,
             series.datasets,
             identity,
             series_number=config.seg_series_number,
             series_description=config.seg_series_description,
+            uncounted=uncounted,
         )
     g = series.geometry
     lesions = find_lesions(series.hu, labels, g.pixel_spacing_mm, g.increment_mm, result.profile)
@@ -111,7 +114,7 @@ def write_report_files(
 
     The paths decide what is made, whatever ``config.write_seg`` and
     ``config.write_summary`` say: asking for a file is asking for the object.
-    When ``seg_path`` is given but no artery has calcium, no SEG exists; that
+    When ``seg_path`` is given but no artery has calcium and none is uncounted, no SEG exists; that
     is logged and no file is written there.  The SR references the SEG only
     when the SEG is written.
 

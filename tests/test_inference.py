@@ -121,6 +121,19 @@ def test_cacnode_score_runs_the_model(tmp_path: Path, ct_series_dir: Path, capsy
     out = json.loads(capsys.readouterr().out)
     assert out["labels_source"] == f"model:{saved.name} {saved.version}"
     assert out["total"]["agatston"] >= 0.0 and set(out["arteries"]) == {"LM", "LAD", "LCX", "RCA"}
+    assert isinstance(out["uncounted_calcium"]["review"], bool)  # assessed in the model's heart crop
+
+
+def test_heart_box_is_the_crop_of_the_weights_preprocessing(tmp_path: Path) -> None:
+    """``Labeller.heart_box``: the crop the model labels in, with the weights file's settings, not the defaults."""
+    weights = _weights_file(tmp_path / "w.pt")
+    weights = dataclasses.replace(weights, preprocess=PreprocessConfig(grid=32, crop_mm=120.0))
+    save_weights(weights, tmp_path / "narrow.pt")
+    labeller = Labeller.load(ModelConfig(weights=tmp_path / "narrow.pt"), device="cpu")
+    c = make_chest()
+    box = labeller.heart_box(_series(c.hu, c.pixel_spacing_mm, c.increment_mm))
+    assert box == Preprocess(weights.preprocess).crop_box(c.hu, c.pixel_spacing_mm, c.increment_mm)
+    assert (box.rows, box.cols) == (60, 60) and box.found  # 120 mm at 2 mm
 
 
 def test_background_bias_trades_detections_for_background(tmp_path: Path) -> None:

@@ -104,6 +104,16 @@ def check_scores(out: dict) -> None:
         "n_slices": 30,
     }
     assert out["profile"]["name"] == "agatston-1990"
+    # The unlabelled 900 HU spot (25 px on one slice) is the only calcium no artery counts: shown,
+    # not flagged (15.6 mm3 is under the 30 mm3 counted).  No lungs: the crop is the whole image.
+    assert out["uncounted_calcium"] == {
+        "volume_mm3": pytest.approx(25 * 0.625, rel=1e-12),
+        "components": 1,
+        "agatston": pytest.approx(25 * 0.25 * 4 * 2.5 / 3, rel=1e-12),
+        "bone_objects_excluded": 0,
+        "review": False,
+        "review_text": None,
+    }
 
 
 def test_score_with_seg_labels(case, tmp_path):
@@ -176,8 +186,11 @@ def test_folder_with_several_series_names_the_option_that_chooses(case, tmp_path
     assert str(other[0].SeriesInstanceUID) in lines[0]
 
 
-def test_seg_of_a_series_without_calcium_is_not_written_and_logged_once(case, tmp_path):
-    folder, _ = case
+def test_seg_of_a_series_without_calcium_is_not_written_and_logged_once(tmp_path):
+    datasets = build_ct_datasets(np.full((30, 48, 48), 40.0, dtype=np.float32), pixel_spacing_mm=SPACING,
+                                 slice_thickness_mm=2.5, increment_mm=INCREMENT, header=CTHeader())  # fmt: skip
+    folder = tmp_path / "series"
+    write_datasets(datasets, folder)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ series_affine(load_series(folder))
     nib.save(nib.Nifti1Image(np.zeros((48, 48, 30), dtype=np.uint8), affine), tmp_path / "none.nii.gz")
     seg = tmp_path / "seg.dcm"
@@ -187,6 +200,32 @@ def test_seg_of_a_series_without_calcium_is_not_written_and_logged_once(case, tm
     mentions = [line for line in result.stderr.splitlines() if "SEG" in line]
     assert len(mentions) == 1, result.stderr
     assert mentions[0].endswith(f"no SEG written to {seg}: no artery has calcium")
+
+
+def test_zero_score_with_calcium_in_the_heart_crop_is_flagged_and_shown(case, tmp_path):
+    """Never a silent zero: without labels the score is 0, and the calcium is in the JSON, table, SEG, summary."""
+    folder, _ = case
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ series_affine(load_series(folder))
+    nib.save(nib.Nifti1Image(np.zeros((48, 48, 30), dtype=np.uint8), affine), tmp_path / "none.nii.gz")
+    seg, summary = tmp_path / "seg.dcm", tmp_path / "summary.dcm"
+    result = cacnode("score", str(folder), "--labels", str(tmp_path / "none.nii.gz"), "--json", "--seg", str(seg),
+                     "--summary", str(summary), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["total"]["agatston"] == 0 and out["risk_category"] == "0"
+    uncounted = out["uncounted_calcium"]
+    # LAD 32 + RCA 4 + 12 + the 900 HU spot 25 voxels of 0.625 mm3 (the 0.75 mm2 and 129 HU ones do not count).
+    assert uncounted["volume_mm3"] == pytest.approx(73 * 0.625, rel=1e-12)
+    assert uncounted["agatston"] == pytest.approx((28 + 10 + 25) * 2.5 / 3, rel=1e-12)
+    assert uncounted["components"] == 4
+    assert uncounted["review"] is True and "not attributed to a coronary artery" in uncounted["review_text"]
+    written = pydicom.dcmread(seg)
+    assert [str(s.SegmentLabel) for s in written.SegmentSequence] == ["Calcium not attributed to a coronary artery"]
+    assert pydicom.dcmread(summary).Columns == 1600
+    table = cacnode("score", str(folder), "--labels", str(tmp_path / "none.nii.gz"), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert "Not attributed to an artery (not counted): 45.6 mm3 in 4 object(s)" in table.stdout
+    assert "REVIEW: look at the images" in table.stdout
 
 
 def test_report_of_reference_labels_is_not_coded_as_ai_output(case, tmp_path):

@@ -111,3 +111,76 @@ def test_segments_carry_the_summary_image_colours_as_cielab() -> None:
         rgb = hd.color.CIELabColor.from_dicom_value(value).to_rgb()
         expected = ARTERY_COLOURS[str(segment.SegmentLabel)]
         assert max(abs(a - b) for a, b in zip(rgb, expected)) <= 2, (segment.SegmentLabel, rgb, expected)
+
+
+def _case_with_uncounted(labelled: bool = True):
+    """``make_case`` plus an unlabelled 4x4 spot of 500 HU, scored with the whole image as the heart crop."""
+    from pipeline.model.preprocess import CropBox
+    from pipeline.scoring.agatston import ScoringProfile
+    from pipeline.scoring.result import score_series
+
+    series, labels, _ = make_case()
+    if not labelled:
+        labels = np.zeros_like(labels)
+    series.hu[5, 40:44, 10:14] = 500.0
+    n, rows, cols = series.hu.shape
+    box = CropBox(0, n, 0, 0, rows, cols, rows / 2, cols / 2, True)
+    result = score_series(series, labels, ScoringProfile(), "labels:test.seg.dcm", heart_box=box)
+    return series, labels, result
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_uncounted_calcium_is_a_grey_segment_of_its_own_after_the_arteries(tmp_path, labelled: bool) -> None:
+    import subprocess
+
+    from conftest import dcmtk
+
+    from dicom_sr.summary_draw import UNCOUNTED_COLOUR
+    from pipeline.scoring.uncounted import DESCRIPTION as UNCOUNTED
+
+    series, labels, result = _case_with_uncounted(labelled)
+    assert result.uncounted is not None and result.uncounted.components == (1 if labelled else 3)
+    mask = result.uncounted.mask()
+    built = build_lesion_seg(labels, series.datasets, IDENTITY, series_number=9902, series_description=DESCRIPTION,
+                             uncounted=mask)  # fmt: skip
+    path = tmp_path / "seg.dcm"
+    built.save_as(path, enforce_file_format=True)
+    seg = pydicom.dcmread(path)
+    segments = seg.SegmentSequence
+    arteries = ["LAD", "RCA"] if labelled else []
+    assert [s.SegmentLabel for s in segments] == arteries + [UNCOUNTED]
+    last = segments[-1]
+    assert last.SegmentNumber == len(arteries) + 1
+    assert last.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert (last.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            last.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("18115005", "SCT")  # fmt: skip
+    assert "AnatomicRegionSequence" not in last  # not placed in an artery
+    rgb = hd.color.CIELabColor.from_dicom_value(tuple(int(v) for v in last.RecommendedDisplayCIELabValue)).to_rgb()
+    assert max(abs(a - b) for a, b in zip(rgb, UNCOUNTED_COLOUR)) <= 2
+    parsed = hd.seg.Segmentation.from_dataset(seg)
+    for k, uid in enumerate(series.sop_instance_uids):
+        frame = parsed.get_pixels_by_source_instance(
+            source_sop_instance_uids=[uid], segment_numbers=[len(arteries) + 1]
+        )[0, :, :, 0]
+        assert np.array_equal(frame > 0, mask[k]), k
+    done = subprocess.run([dcmtk("dciodvfy"), str(path)], capture_output=True, text=True)
+    output = done.stdout + done.stderr
+    assert [line for line in output.splitlines() if line.startswith("Error")] == [], output
+
+
+def test_the_report_seg_has_the_extra_segment_only_when_there_is_uncounted_calcium() -> None:
+    from dicom_sr.config import ReportConfig
+    from dicom_sr.writer import build_report
+
+    series, labels, result = make_case()  # no heart crop given: not assessed
+    assert result.uncounted is None
+    plain = build_report(result, labels, series, IDENTITY, ReportConfig(write_summary=False)).seg
+    assert [s.SegmentLabel for s in plain.SegmentSequence] == ["LAD", "RCA"]
+    series, labels, result = _case_with_uncounted()
+    seg = build_report(result, labels, series, IDENTITY, ReportConfig(write_summary=False)).seg
+    assert len(seg.SegmentSequence) == 3
+    # A zero score with calcium in the crop still gets a SEG that shows it.
+    series, labels, result = _case_with_uncounted(labelled=False)
+    assert result.score.total.agatston == 0 and result.uncounted.review
+    seg = build_report(result, labels, series, IDENTITY, ReportConfig(write_summary=False)).seg
+    assert seg is not None and len(seg.SegmentSequence) == 1

@@ -235,3 +235,51 @@ def test_a_zero_report_has_no_imaging_measurements_but_reads_back_as_zeros() -> 
     scores = read_sr_scores(sr)
     assert scores["total"]["agatston"] == 0.0 and scores["risk_category"] == "0"
     assert all(s["lesions"] == 0 for s in scores["arteries"].values())
+
+
+def test_calcium_no_artery_counts_is_in_the_sr_with_its_review_flag() -> None:
+    from pipeline.scoring.uncounted import DESCRIPTION, UncountedCalcium
+
+    series, labels, result = make_case(calcium=False)
+    review = "look at the heart region"
+    uncounted = UncountedCalcium(shape=series.hu.shape, voxels=np.arange(40), volume_mm3=123.45, components=3,
+                                 agatston=150.0, bone_objects=1, review=True, review_text=review)
+    sr = build_report(dataclasses.replace(result, uncounted=uncounted), labels, series, IDENTITY, NO_FILES).sr
+    (heart,) = [num for num in root_container(sr, "126011").ContentSequence
+                if any(item.ConceptNameCodeSequence[0].CodeValue == "363698007"
+                       and item.ConceptCodeSequence[0].CodeValue == codes.HEART.value for item in num.ContentSequence)]
+    assert heart.ConceptNameCodeSequence[0].CodeValue == codes.VOLUME.value
+    assert float(heart.MeasuredValueSequence[0].NumericValue) == pytest.approx(123.5)
+    texts = [item.TextValue for item in root_container(sr, "C0034375").ContentSequence if item.ValueType == "TEXT"]
+    assert any(DESCRIPTION in t and "123.5 mm3 in 3 object(s)" in t for t in texts), texts
+    assert f"Review: {review}" in texts
+    # The readers of the artery and total scores pass the heart's number by: the score stays zero.
+    assert read_sr_scores(sr)["total"]["agatston"] == 0.0
+    # Without the assessment, nothing is said.
+    plain = build_report(result, labels, series, IDENTITY, NO_FILES).sr
+    assert not [t for t in (i.get("TextValue", "") for i in root_container(plain, "C0034375").ContentSequence)
+                if DESCRIPTION in t]
+
+
+def test_the_total_names_the_artery_segments_and_the_heart_volume_the_grey_one() -> None:
+    from pipeline.scoring.uncounted import DESCRIPTION, UncountedCalcium
+
+    series, labels, result = _rich_case()
+    spot = np.zeros(series.hu.shape, dtype=bool)
+    spot[15, 2:5, 30:34] = True  # calcium-free and unlabelled in the rich case
+    uncounted = UncountedCalcium(shape=series.hu.shape, voxels=np.flatnonzero(spot), volume_mm3=5.9, components=1,
+                                 agatston=0.0, bone_objects=0, review=False, review_text=None)
+    report = build_report(dataclasses.replace(result, uncounted=uncounted), labels, series, IDENTITY,
+                          ReportConfig(write_summary=False))
+    numbers = {str(s.SegmentLabel): int(s.SegmentNumber) for s in report.seg.SegmentSequence}
+    assert set(numbers) == {*BY_NAME, DESCRIPTION}
+
+    def segments(site: str) -> set[int]:
+        return {int(n) for num in root_container(report.sr, "126011").ContentSequence
+                if any(i.ConceptNameCodeSequence[0].CodeValue == "363698007" and i.ConceptCodeSequence[0].CodeValue
+                       == site for i in num.ContentSequence)
+                for item in num.ContentSequence if item.ValueType == "IMAGE"
+                for ref in item.ReferencedSOPSequence for n in np.atleast_1d(ref.ReferencedSegmentNumber)}
+
+    assert segments(codes.CORONARY_ARTERY.value) == {numbers[name] for name in BY_NAME}
+    assert segments(codes.HEART.value) == {numbers[DESCRIPTION]}

@@ -115,3 +115,47 @@ def test_summary_is_compressed_losslessly() -> None:
     assert len(buffer.getvalue()) < native / 4, (len(buffer.getvalue()), native)
     expected = np.asarray(render_summary(result, labels, series, IDENTITY, config))
     np.testing.assert_array_equal(back.pixel_array, expected)
+
+
+def test_tile_outlines_uncounted_calcium_in_grey() -> None:
+    from dicom_sr.summary_draw import UNCOUNTED_COLOUR
+
+    hu = np.full((64, 64), 40.0, dtype=np.float32)
+    hu[30:34, 30:34] = 400.0
+    labels = np.zeros((64, 64), dtype=np.uint8)  # no artery
+    uncounted = hu >= 130.0
+
+    def grey(tile: np.ndarray) -> np.ndarray:
+        return np.all(tile == UNCOUNTED_COLOUR, axis=-1)
+
+    with_ring = np.asarray(render_tile(hu, labels, 130.0, (0, 64, 0, 64), 256, uncounted))
+    without = np.asarray(render_tile(hu, labels, 130.0, (0, 64, 0, 64), 256))
+    rows, cols = np.nonzero(grey(with_ring) & ~grey(without))
+    assert rows.size > 50  # a ring of about 4 x 16 x 2 pixels
+    assert rows.min() >= 110 and rows.max() <= 145 and cols.min() >= 110 and cols.max() <= 145
+    assert np.all(with_ring[125, 125] > 240)  # the calcium itself stays white
+
+
+def test_summary_shows_uncounted_calcium_and_the_review_flag() -> None:
+    import dataclasses
+
+    from test_seg import _case_with_uncounted
+
+    from dicom_sr.summary import WARNING
+    from dicom_sr.summary_draw import UNCOUNTED_COLOUR
+
+    series, labels, result = _case_with_uncounted(labelled=False)  # Agatston 0, calcium in the crop
+    assert result.score.total.agatston == 0 and result.uncounted.review
+
+    def render(r) -> np.ndarray:
+        return np.asarray(render_summary(r, labels, series, IDENTITY, ReportConfig()))
+
+    flagged = render(result)
+    hidden = render(dataclasses.replace(result, uncounted=None))
+    assert flagged.shape[1] == 1600 and flagged.shape[0] > hidden.shape[0]  # the flag takes lines
+
+    def count(image: np.ndarray, colour: tuple[int, int, int]) -> int:
+        return int(np.all(image == colour, axis=-1).sum())
+
+    assert count(flagged, UNCOUNTED_COLOUR) > count(hidden, UNCOUNTED_COLOUR) + 200  # outlines and legend
+    assert count(flagged, WARNING) > count(hidden, WARNING) + 200  # the review flag text

@@ -40,6 +40,11 @@ class ScoringProfile:
     reference_increment_mm: float = 3.0
     # Mass calibration factor c in mg per mm3 per HU; mass is reported only when set.
     mass_calibration_mg_per_mm3_hu: float | None = None
+    # Review of calcium in the heart crop that no artery label counts (``pipeline.scoring.uncounted``):
+    # flagged when its volume >= max(min_mm3, ratio x counted volume), so a zero never hides calcium.
+    # Not a scoring convention (the score is unchanged): what the report asks a reader to look at.
+    uncounted_review_min_mm3: float = 10.0
+    uncounted_review_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -58,6 +63,11 @@ class ScoringProfile:
         c = self.mass_calibration_mg_per_mm3_hu
         if c is not None and c <= 0:
             raise ValueError(f"scoring.mass_calibration_mg_per_mm3_hu must be > 0, got {c}")
+        if self.uncounted_review_min_mm3 <= 0 or self.uncounted_review_ratio < 0:
+            raise ValueError(
+                "scoring: need uncounted_review_min_mm3 > 0 and uncounted_review_ratio >= 0, got "
+                f"{self.uncounted_review_min_mm3} and {self.uncounted_review_ratio}"
+            )
 
     def increment_factor(self, increment_mm: float) -> float:
         """What Agatston is multiplied by for this slice increment (1 without increment normalisation)."""

@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.scoring.arteries import ARTERY_NAMES
 from pipeline.scoring.flags import deviation_flags
 from pipeline.scoring.agatston import ArteryScore, CalciumScore, ScoringProfile, score_calcium
+from pipeline.scoring.uncounted import HeartBox, UncountedCalcium, find_uncounted
 from pipeline.reading.series import CTSeries
 
 
@@ -33,9 +34,13 @@ class SeriesResult:
     score: CalciumScore
     flags: tuple[str, ...]
     labels_source: str  # "model:<name> <version>" or "labels:<file name>"
+    # Calcium of the heart crop that no artery label counts (``pipeline.scoring.uncounted``);
+    # None when not assessed (no heart crop given to :func:`score_series`).
+    uncounted: UncountedCalcium | None = None
 
 
-def result_for(series: CTSeries, score: CalciumScore, profile: ScoringProfile, labels_source: str) -> SeriesResult:
+def result_for(series: CTSeries, score: CalciumScore, profile: ScoringProfile, labels_source: str,
+               uncounted: UncountedCalcium | None = None) -> SeriesResult:
     """Attach the series identity, acquisition facts and deviation flags to a score."""
     g = series.geometry
     return SeriesResult(
@@ -50,6 +55,7 @@ def result_for(series: CTSeries, score: CalciumScore, profile: ScoringProfile, l
         score=score,
         flags=deviation_flags(series.acquisition, g),
         labels_source=labels_source,
+        uncounted=uncounted,
     )
 
 
@@ -57,8 +63,18 @@ def _artery_json(s: ArteryScore) -> dict[str, Any]:
     return {"agatston": s.agatston, "volume_mm3": s.volume_mm3, "mass_mg": s.mass_mg, "lesions": s.lesions}
 
 
+def _uncounted_json(u: UncountedCalcium | None) -> dict[str, Any] | None:
+    if u is None:
+        return None  # not assessed
+    return {"volume_mm3": u.volume_mm3, "components": u.components, "agatston": u.agatston,
+            "bone_objects_excluded": u.bone_objects, "review": u.review, "review_text": u.review_text}
+
+
 def to_json(result: SeriesResult) -> dict[str, Any]:
-    """The JSON object of ``cacnode score --json`` (unrounded numbers)."""
+    """The JSON object of ``cacnode score --json`` (unrounded numbers).
+
+    ``uncounted_calcium`` is null when it was not assessed (no heart crop given).
+    """
     return {
         "series_uid": result.series_uid,
         "study_uid": result.study_uid,
@@ -76,6 +92,7 @@ def to_json(result: SeriesResult) -> dict[str, Any]:
         "risk_category": result.score.risk_category,
         "cac_drs": result.score.cac_drs,
         "flags": list(result.flags),
+        "uncounted_calcium": _uncounted_json(result.uncounted),
     }
 
 
@@ -97,12 +114,28 @@ def format_table(result: SeriesResult) -> str:
         mass = "-" if s.mass_mg is None else f"{s.mass_mg:.1f}"
         lines.append(f"{name:<8}{s.agatston:>10.1f}{s.volume_mm3:>12.1f}{mass:>10}{s.lesions:>9}")
     lines += ["", f"Risk category: {result.score.risk_category}    CAC-DRS: {result.score.cac_drs}"]
+    u = result.uncounted
+    if u is not None:  # one line; the review flag ends it
+        lines.append(f"Not attributed to an artery (not counted): {u.volume_mm3:.1f} mm3 in {u.components} "
+                     f"object(s), Agatston-equivalent {u.agatston:.1f}"
+                     + ("    REVIEW: look at the images, the score may miss calcium" if u.review else ""))
     for flag in result.flags:
         lines.append(f"Flag: {flag}")
     return "\n".join(lines)
 
 
-def score_series(series: CTSeries, labels: np.ndarray, profile: ScoringProfile, labels_source: str) -> SeriesResult:
-    """Score a loaded series with a label map in its slice order (the one entry point of the node and CLI)."""
-    score = score_calcium(series.hu, labels, series.geometry.pixel_spacing_mm, series.geometry.increment_mm, profile)
-    return result_for(series, score, profile, labels_source)
+def score_series(series: CTSeries, labels: np.ndarray, profile: ScoringProfile, labels_source: str,
+                 heart_box: HeartBox | None = None) -> SeriesResult:
+    """Score a loaded series with a label map in its slice order (the one entry point of the node and CLI).
+
+    ``heart_box``: the heart crop the labels were made in (``Labeller.heart_box``, or the heart
+    localiser's box for reference labels); with it, the calcium of the crop that no label counts
+    is found (``result.uncounted``), without it that is not assessed (None).
+    """
+    g = series.geometry
+    score = score_calcium(series.hu, labels, g.pixel_spacing_mm, g.increment_mm, profile)
+    uncounted = None
+    if heart_box is not None:
+        uncounted = find_uncounted(series.hu, labels, heart_box, g.pixel_spacing_mm, g.increment_mm, profile,
+                                   score.total.volume_mm3)
+    return result_for(series, score, profile, labels_source, uncounted)
