@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", parents=common, help="run the DICOM node in the foreground")
     _add_config(p)
+    p.add_argument("--no-worker", action="store_true",
+                   help="receive only: score and deliver with `cacnode worker` processes (shared [database] url)")
+
+    p = sub.add_parser("worker", parents=common,
+                       help="score and deliver jobs from the shared database (beside `cacnode serve --no-worker`)")
+    _add_config(p)
 
     p = sub.add_parser("status", parents=common, help="show jobs, states, errors and deliveries")
     _add_config(p)
@@ -164,7 +170,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from scp.app import serve
 
-        return serve(config)
+        return serve(config, run_worker=not args.no_worker)
+    if args.command == "worker":
+        from scp.worker_app import run_worker_service
+
+        return run_worker_service(config)
     if args.command == "status":
         from scp.admin import show_status
 

@@ -15,7 +15,7 @@ from dicom_sr.config import ReportConfig
 from pipeline.reading.eligibility import EligibilityRules
 from pipeline.model.inference import ModelConfig
 from pipeline.scoring.agatston import ScoringProfile
-from scp.config import Destination, DicomWebDestination, ScpConfig, SeriesConfig, StorageConfig
+from scp.config import DatabaseConfig, Destination, DicomWebDestination, ScpConfig, SeriesConfig, StorageConfig
 from training.config import TrainingConfig
 
 
@@ -24,6 +24,7 @@ class Config:
     scp: ScpConfig = field(default_factory=ScpConfig)
     series: SeriesConfig = field(default_factory=SeriesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     # C-STORE or STOW-RS peers, told apart by each entry's ``kind`` ("dimse" when absent)
     destinations: tuple[Destination | DicomWebDestination, ...] = ()
     scoring: ScoringProfile = field(default_factory=ScoringProfile)

@@ -19,10 +19,10 @@ from scp.db import Database
 
 
 def _open(config: Config) -> Database:
-    path = config.storage.database
-    if not path.is_file():
-        raise CacnodeError(f"no node database at {path} (has `cacnode serve` run with this config?)")
-    return Database(path)
+    target = config.database.target(config.storage)
+    if not config.database.url and not config.storage.database.is_file():
+        raise CacnodeError(f"no node database at {target} (has `cacnode serve` run with this config?)")
+    return Database(target, lease_seconds=config.database.lease_seconds)
 
 
 def status_document(db: Database, limit: int = 50) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """``cacnode serve``: wire the listener, the completion scheduler, the worker, delivery and the web side.
 
+With ``--no-worker`` (``Node(run_worker=False)``) the process only receives
+and completes series: workers elsewhere (``cacnode worker``) score and
+deliver, sharing the PostgreSQL database and the storage (docs/deployment.md).
+
 One process listens (pynetdicom's threaded server, with the admission rules
 of ``scp.admission``: one thread per association, each running the thin
 C-STORE handler of ``scp.handlers``), and its main thread completes series by
@@ -17,11 +21,13 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sqlite3
 import ssl
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -37,9 +43,10 @@ from cacnode.config import Config
 from pipeline.errors import CacnodeError
 from pipeline.model.weights import load_weights
 from scp.admission import Admission, AdmissionLimits, GuardedServer
-from scp.completion import CompletionPolicy
+from scp.completion import SharedCompletion
 from scp.config import DicomWebDestination
-from scp.db import Database
+from scp.db import Database, default_owner
+from scp.db_engine import UNAVAILABLE, DatabaseUnavailable, redacted
 from scp.delivery import DeliveryLoop, DeliveryPolicy
 from scp.handlers import StoreContext, handle_accepted, handle_echo, handle_rejected, handle_store
 from scp.metrics import Counters, DatabaseCollector, JobWatch
@@ -143,21 +150,35 @@ def worker_settings(config: Config) -> WorkerSettings:
         destinations=config.destinations,
         return_to_caller=config.scp.return_to_caller,
         return_port=config.scp.return_port,
+        database=config.database,
+        job_max_attempts=config.scp.job_max_attempts,
     )
 
 
-def _worker_main(settings: WorkerSettings, control: Connection, parent_pid: int, level: int) -> None:
+def delivery_policy(config: Config) -> DeliveryPolicy:
+    c = config.scp
+    return DeliveryPolicy(
+        calling_ae_title=c.ae_title,
+        max_attempts=c.retry_max_attempts,
+        backoff_seconds=c.retry_backoff_seconds,
+        acse_timeout=c.acse_timeout_seconds,
+        dimse_timeout=c.dimse_timeout_seconds,
+        network_timeout=c.network_timeout_seconds,
+    )
+
+
+def _worker_main(settings: WorkerSettings, control: Connection, parent_pid: int, level: int, owner: str) -> None:
     """Entry of the spawned worker process; its exit code is ``run_worker``'s.
 
     A spawned process starts with logging unconfigured; this is the app's
     process entry, so it sets up the same format as the CLI.
     """
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
-    _quiet_chatty_libraries()
-    raise SystemExit(run_worker(settings, control, parent_pid))
+    quiet_chatty_libraries()
+    raise SystemExit(run_worker(settings, control, parent_pid, owner))
 
 
-def _quiet_chatty_libraries() -> None:
+def quiet_chatty_libraries() -> None:
     """One log line per event: pynetdicom (per PDU), highdicom (per module), dicomweb-client (per request) say more."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for name in ("pynetdicom", "highdicom", "dicomweb_client"):
@@ -165,9 +186,16 @@ def _quiet_chatty_libraries() -> None:
 
 
 class WorkerSupervisor:
-    """Runs the worker process and restarts it (with back-off) if it dies."""
+    """Runs the worker process and restarts it (with back-off) if it dies.
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    Each worker it starts leases jobs as ``owner_prefix`` plus a random part,
+    so the node can release the jobs of its own dead worker, and of its
+    worker before a restart, without touching those of other workers
+    sharing the database.
+    """
+
+    def __init__(self, settings: WorkerSettings, owner_prefix: str) -> None:
+        self.owner_prefix = owner_prefix
         # spawn, not fork: the listener has threads, and torch must start clean
         self._ctx = multiprocessing.get_context("spawn")
         self._settings = settings
@@ -182,8 +210,9 @@ class WorkerSupervisor:
         self._ready = False
         ours, theirs = self._ctx.Pipe()
         level = logging.getLogger().getEffectiveLevel()
+        owner = f"{self.owner_prefix}{uuid.uuid4().hex[:8]}"
         self._proc = self._ctx.Process(
-            target=_worker_main, args=(self._settings, theirs, os.getpid(), level), name="cacnode-worker"
+            target=_worker_main, args=(self._settings, theirs, os.getpid(), level, owner), name="cacnode-worker"
         )
         self._proc.start()
         theirs.close()  # only the worker holds that end now, so our death reads as EOF there
@@ -254,33 +283,34 @@ def _exit_description(exitcode: int | None) -> str:
 
 
 class Node:
-    """Everything ``cacnode serve`` runs, startable and stoppable from one thread."""
+    """Everything ``cacnode serve`` runs, startable and stoppable from one thread.
 
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    Parameters
+    ----------
+    run_worker
+        Also run a worker process and the delivery (one machine does
+        everything); False: receive and complete series only, for workers
+        elsewhere (``cacnode worker``).
+    """
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time, *, run_worker: bool = True) -> None:
         self.config = config
         self.clock = clock
+        self.run_worker = run_worker
         self.counters = Counters()
         storage = config.storage
         storage.directory.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(storage.spool, config.scp.min_free_disk_bytes, storage.fsync_directory)
-        self.db = Database(storage.database)
-        self.policy = CompletionPolicy(config.series.quiet_seconds, config.series.early_completion)
+        self.db = Database(
+            config.database.target(storage), owner=default_owner("receiver"),
+            lease_seconds=config.database.lease_seconds,
+        )
+        self.policy = SharedCompletion(config.series.quiet_seconds, config.series.early_completion)
         self.ae = build_ae(config)
-        self.worker = WorkerSupervisor(worker_settings(config))
-        c = config.scp
+        # this node's own worker, before and after a restart: host and port name the node
+        self.worker = WorkerSupervisor(worker_settings(config), f"{socket.gethostname()}:{config.scp.port}/embedded#")
         self.delivery = DeliveryLoop(
-            self.db,
-            DeliveryPolicy(
-                calling_ae_title=c.ae_title,
-                max_attempts=c.retry_max_attempts,
-                backoff_seconds=c.retry_backoff_seconds,
-                acse_timeout=c.acse_timeout_seconds,
-                dimse_timeout=c.dimse_timeout_seconds,
-                network_timeout=c.network_timeout_seconds,
-            ),
-            clock,
-            self.counters,
-            web_destinations=web_destinations(config),
+            self.db, delivery_policy(config), clock, self.counters, web_destinations=web_destinations(config)
         )
         self.counters.registry.register(DatabaseCollector(self.db))
         self.jobs_watch = JobWatch(self.db, self.counters, since=clock())
@@ -291,24 +321,30 @@ class Node:
         self._orphaned_by: str | None = None  # how the last worker died, while its job is not yet taken up
         self._stopping = False  # once set, a dead worker is part of the stop, not a crash to restart
         self._requeue_failing = False  # logged once per outage, not on every tick
+        self._open_failing = False
         self._swept = 0.0
 
     def recover(self) -> None:
         """Pick up what a previous run left: partial files, spooled but unrecorded instances, jobs, open series."""
         now = self.clock()
-        dropped = self.spool.clear_incoming()
+        if self.config.database.url:
+            # other receivers share the spool and may be mid-transfer: only files idle for long are stale
+            dropped = self.spool.sweep_receiving(self._stale_before())
+        else:
+            dropped = self.spool.clear_incoming()
         if dropped:
             log.info("removed %d partial file(s) of instances never acknowledged", dropped)
         self._swept = now
         found = self.db.add_spooled(self.spool.scan(), now)
         for series_uid in found:
             log.info("series %s: spooled instances recovered into the database", series_uid)
-        requeued = self.db.recover(now)
-        if requeued:
-            log.info("%d job(s) interrupted by the last stop re-queued", requeued)
+        if self.run_worker:  # the jobs of other workers sharing the database are theirs to finish
+            requeued = self.db.recover(now, owner_prefix=self.worker.owner_prefix)
+            if requeued:
+                log.info("%d job(s) interrupted by the last stop re-queued", requeued)
+        # the quiet period restarts now: a sender cut off by the crash may still resend
+        self.policy.restart(now)
         for s in self.db.open_series():
-            # the quiet period restarts now: a sender cut off by the crash may still resend
-            self.policy.restore(s.series_uid, now, s.n_instances, s.expected)
             log.info("series %s: still open with %d instance(s)", s.series_uid, s.n_instances)
 
     def start(self) -> None:
@@ -350,8 +386,9 @@ class Node:
         except OSError as exc:
             raise CacnodeError(f"cannot listen on {c.host}:{c.port}: {exc.strerror or exc}") from None
         threading.Thread(target=self._server.serve_forever, name="cacnode-acceptor", daemon=True).start()
-        self.worker.start()
-        self.delivery.start()
+        if self.run_worker:
+            self.worker.start()
+            self.delivery.start()
         if c.metrics_port:
             self.counters.add_process_metrics()
             web = WebContext(
@@ -361,19 +398,29 @@ class Node:
             self.web = WebServer(c.metrics_host, c.metrics_port, make_app(web))
             self.web.start()
         log.info(
-            "listening as %s on %s:%d%s; quiet period %.1f s; %d destination(s)",
+            "listening as %s on %s:%d%s; quiet period %.1f s; %d destination(s); database %s%s",
             c.ae_title, c.host, c.port, " (TLS)" if c.tls else "", self.config.series.quiet_seconds,
-            len(self.config.destinations),
+            len(self.config.destinations), self.db.describe(), "" if self.run_worker else "; no worker (receiving only)",
         )
 
     def tick(self) -> None:
         """Queue a job for every series that became complete; keep the worker alive and take up a dead one's job."""
         now = self.clock()
-        for series_uid in self.policy.due(now):
+        try:
+            # from the database, not this process's memory: other receivers may hold part of a series
+            due = self.policy.due(self.db.open_series(), now)
+        except UNAVAILABLE as exc:  # the database server is away: the next tick tries again
+            if not self._open_failing:
+                log.error("cannot read the open series from the database (%s); trying again", exc)
+                self._open_failing = True
+            due = []
+        else:
+            self._open_failing = False
+        for series_uid in due:
             try:
                 job_id = self.db.complete_series(series_uid, now)
-            except sqlite3.OperationalError as exc:  # a full disk: the series waits another quiet period
-                self.policy.seen(series_uid, now, new=False)
+            except UNAVAILABLE as exc:  # a full disk: the series waits another quiet period
+                self.policy.hold(series_uid, now)
                 log.error("series %s: complete, but cannot queue it (%s); trying again later", series_uid, exc)
                 continue
             if job_id is not None:
@@ -391,12 +438,15 @@ class Node:
             self.jobs_watch.poll()
         if now - self._swept >= SWEEP_SECONDS:
             self._swept = now
-            c = self.config.scp
-            # pynetdicom aborts an association idle for network_timeout; its data set is stale after that
-            idle_since = time.time() - max(c.network_timeout_seconds, c.dimse_timeout_seconds) - 60  # file times
-            removed = self.spool.sweep_receiving(idle_since)
+            removed = self.spool.sweep_receiving(self._stale_before())
             if removed:
                 log.info("removed %d partial data set(s) of transfers aborted mid-instance", removed)
+
+    def _stale_before(self) -> float:
+        """Partial data sets last written before this (epoch seconds, as file times) belong to no live transfer."""
+        c = self.config.scp
+        # pynetdicom aborts an association idle for network_timeout; its data set is stale after that
+        return time.time() - max(c.network_timeout_seconds, c.dimse_timeout_seconds) - 60
 
     def _take_up_orphaned_jobs(self, now: float) -> None:
         """The worker died: its job goes back to the queue, or fails after scp.job_max_attempts starts.
@@ -406,8 +456,10 @@ class Node:
         """
         how = self._orphaned_by
         try:
-            released = self.db.release_running(now, self.config.scp.job_max_attempts, f"the worker {how}")
-        except sqlite3.OperationalError as exc:  # a full disk: tried again at the next tick
+            released = self.db.release_running(
+                now, self.config.scp.job_max_attempts, f"the worker {how}", owner_prefix=self.worker.owner_prefix
+            )
+        except UNAVAILABLE as exc:  # a full disk: tried again at the next tick
             if not self._requeue_failing:
                 log.error("cannot re-queue the job of the worker that died (%s); trying again", exc)
                 self._requeue_failing = True
@@ -448,8 +500,9 @@ class Node:
                 time.sleep(0.05)
             self.ae.shutdown()  # aborts what is still open: those instances were never acknowledged
         self.tick()  # a series that became due while stopping is queued, not forgotten
-        self.delivery.stop(grace)
-        self.worker.stop(grace)
+        if self.run_worker:
+            self.delivery.stop(grace)
+            self.worker.stop(grace)
         if self.web is not None:
             self.web.stop()
         self.db.close()
@@ -469,14 +522,20 @@ class Node:
 
     def health(self) -> tuple[bool, dict[str, object]]:
         listening = self._server is not None
+        if not self.run_worker:  # workers elsewhere score and deliver
+            return listening, {"listener": "up" if listening else "down", "worker": "elsewhere",
+                               "delivery": "elsewhere"}
         worker = "ready" if self.worker.ready() else ("loading" if self.worker.alive() else "down")
         ok = listening and worker == "ready" and self.delivery.is_alive()
         return ok, {"listener": "up" if listening else "down", "worker": worker,
                     "delivery": "up" if self.delivery.is_alive() else "down"}
 
 
-def serve(config: Config) -> int:
-    """Run the node in the foreground until SIGINT or SIGTERM; return the exit code."""
+def serve(config: Config, run_worker: bool = True) -> int:
+    """Run the node in the foreground until SIGINT or SIGTERM; return the exit code.
+
+    ``run_worker`` False: receive only (``cacnode serve --no-worker``).
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -485,7 +544,7 @@ def serve(config: Config) -> int:
             node.request_stop()
         stop.set()
 
-    if not config.model.weights.is_file():  # fail before opening a port, not in the worker's restart loop
+    if run_worker and not config.model.weights.is_file():  # fail before opening a port, not in the worker's loop
         raise CacnodeError(f"model weights {config.model.weights} not found ([model] weights)")
     for destination in web_destinations(config):  # a secret file unreadable by the node's user fails now, not later
         problem = check_secret_files(destination)
@@ -495,8 +554,13 @@ def serve(config: Config) -> int:
             log.warning("destination %s: credentials go unencrypted over plain http", destination.key)
     node: Node | None = None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    _quiet_chatty_libraries()
-    node = Node(config)
+    quiet_chatty_libraries()
+    try:
+        node = Node(config, run_worker=run_worker)
+    except (sqlite3.Error, DatabaseUnavailable) as exc:  # PostgreSQL unreachable, or a SQLite file that cannot be opened
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        raise CacnodeError(f"cannot open the database {redacted(config.database.target(config.storage))}: {exc}") from None
     try:
         node.start()
         while not stop.is_set():

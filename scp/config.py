@@ -1,4 +1,4 @@
-"""Config sections of the node: ``[scp]``, ``[series]``, ``[storage]``, ``[[destinations]]``.
+"""Config sections of the node: ``[scp]``, ``[series]``, ``[storage]``, ``[database]``, ``[[destinations]]``.
 
 Every key has a default, so a file holding only the contract keys
 (``scp.ae_title/host/port/allowed_calling_aets``, ``series.quiet_seconds``,
@@ -171,6 +171,33 @@ class StorageConfig:
     @property
     def database(self) -> Path:
         return self.directory / "cacnode.sqlite3"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Which database the node's processes share, and how long a worker's claim on a job lasts (``[database]``)."""
+
+    # Empty: the embedded SQLite file under [storage] directory (one machine).
+    # "postgresql://user@host:5432/cacnode": receivers and workers on several
+    # machines share it (psycopg 3; a password is best kept in ~/.pgpass).
+    url: str = ""
+    # A worker renews its lease on a job every third of this while it scores;
+    # a job whose lease ran out (worker killed, machine down) is taken by
+    # another worker.  Longer than the longest pause a live worker may have
+    # (a stalled shared file system), far shorter than a radiologist's patience.
+    lease_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        scheme = self.url.split("://", 1)[0] if "://" in self.url else "(no scheme)"
+        if self.url and scheme not in ("postgresql", "postgresql+psycopg"):
+            # the scheme only: the rest may hold a password
+            raise ValueError(f"database.url must be a postgresql:// URL (or empty for SQLite), not {scheme!r}")
+        if self.lease_seconds < 3:
+            raise ValueError(f"database.lease_seconds must be >= 3, got {self.lease_seconds}")
+
+    def target(self, storage: StorageConfig) -> Path | str:
+        """The URL, or the SQLite file of ``storage``."""
+        return self.url or storage.database
 
 
 @dataclass(frozen=True)

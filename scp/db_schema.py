@@ -1,72 +1,105 @@
-"""The node database's tables and the rows other modules read from it (see ``scp.db`` for the states)."""
+"""The node database's tables, its schema version and the rows other modules read from it (see ``scp.db``).
+
+One SQLAlchemy ``MetaData`` describes the tables for both backends (SQLite,
+PostgreSQL).  Times are seconds since the epoch in double precision: a
+PostgreSQL ``REAL`` is single precision, which would round today's
+timestamps to minutes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    generation INTEGER NOT NULL DEFAULT 0,
-    n_instances INTEGER NOT NULL DEFAULT 0,
-    expected INTEGER,
-    calling_aet TEXT,
-    calling_host TEXT,
-    first_received REAL NOT NULL,
-    last_received REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_uid TEXT PRIMARY KEY,
-    series_uid TEXT NOT NULL REFERENCES series(series_uid),
-    study_uid TEXT NOT NULL,
-    sop_class_uid TEXT,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    received REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    series_uid TEXT NOT NULL REFERENCES series(series_uid),
-    study_uid TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    result_dir TEXT,
-    sr_uid TEXT,
-    total_agatston REAL,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    job_id INTEGER NOT NULL REFERENCES jobs(id),
-    series_uid TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'dimse',
-    ae_title TEXT NOT NULL,
-    host TEXT NOT NULL,
-    port INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    last_error TEXT,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state);
-"""
+from sqlalchemy import Column, Double, ForeignKey, Index, Integer, MetaData, Table, Text, text
 
-# Columns added since the first release, for databases created before them: (table, column, definition).
-ADDED_COLUMNS = (
-    ("jobs", "attempts", "INTEGER NOT NULL DEFAULT 0"),
-    ("deliveries", "kind", "TEXT NOT NULL DEFAULT 'dimse'"),
+# Bumped when a table or column is added; ``scp.db_upgrade`` brings an older database up to it.
+SCHEMA_VERSION = 2
+
+metadata = MetaData()
+
+series = Table(
+    "series",
+    metadata,
+    Column("series_uid", Text, primary_key=True),
+    Column("study_uid", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("reason", Text),
+    Column("generation", Integer, nullable=False, server_default=text("0")),
+    Column("n_instances", Integer, nullable=False, server_default=text("0")),
+    Column("expected", Integer),
+    # 1 once two instances disagree on Images in Acquisition: the hint is not trusted (scp.completion)
+    Column("expected_mixed", Integer, nullable=False, server_default=text("0")),
+    Column("calling_aet", Text),
+    Column("calling_host", Text),
+    Column("first_received", Double, nullable=False),
+    Column("last_received", Double, nullable=False),
+    Column("updated", Double, nullable=False),
+    Index("series_state", "state"),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("sop_uid", Text, primary_key=True),
+    Column("series_uid", Text, ForeignKey("series.series_uid"), nullable=False),
+    Column("study_uid", Text, nullable=False),
+    Column("sop_class_uid", Text),
+    Column("path", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("received", Double, nullable=False),
+    Index("instances_series", "series_uid"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("series_uid", Text, ForeignKey("series.series_uid"), nullable=False),
+    Column("study_uid", Text, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("reason", Text),
+    Column("created", Double, nullable=False),
+    Column("started", Double),
+    Column("finished", Double),
+    Column("result_dir", Text),
+    Column("sr_uid", Text),
+    Column("total_agatston", Double),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # The worker holding a running job and until when; it renews the lease
+    # while it scores, and another worker may take the job once it expired.
+    Column("lease_owner", Text),
+    Column("lease_expires", Double),
+    Index("jobs_state", "state"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False),
+    Column("series_uid", Text, nullable=False),
+    Column("destination", Text, nullable=False),
+    Column("kind", Text, nullable=False, server_default=text("'dimse'")),
+    Column("ae_title", Text, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt", Double, nullable=False),
+    Column("last_error", Text),
+    Column("updated", Double, nullable=False),
+    # the process sending it now, so two senders never send one report at once
+    Column("lease_owner", Text),
+    Column("lease_expires", Double),
+    Index("deliveries_state", "state"),
+)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, nullable=False),
+    Column("upgraded", Double, nullable=False),
 )
 
 
@@ -80,6 +113,7 @@ class Job:
     generation: int
     calling_aet: str | None
     calling_host: str | None
+    attempt: int = 1  # which start this is: names the result folder, so a stale worker never writes over a live one's
 
 
 @dataclass(frozen=True)
@@ -111,6 +145,7 @@ class OpenSeries:
     n_instances: int
     expected: int | None
     last_received: float
+    expected_mixed: bool = False  # instances disagree on Images in Acquisition
 
 
 @dataclass(frozen=True)

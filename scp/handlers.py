@@ -8,7 +8,6 @@ C-STORE); nothing heavy runs here, the worker does the scoring.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pynetdicom.events import Event
 
 from scp.completion import CompletionPolicy
 from scp.db import Database
+from scp.db_engine import UNAVAILABLE
 from scp.metrics import Counters
 from scp.spool import InstanceKey, Spool, SpoolError
 
@@ -118,7 +118,7 @@ def _store(event: Event, ctx: StoreContext) -> int:
             key, sop_class, path, size, now,
             calling_aet=calling.ae_title, calling_host=calling.address, expected=expected,
         )
-    except sqlite3.OperationalError as exc:
+    except UNAVAILABLE as exc:
         # "database or disk is full": the file is in the spool (the next start
         # records it), but not acknowledged, so the sender retries as for a full spool
         ctx.counters.inc("store_refused_total")

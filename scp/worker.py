@@ -1,10 +1,19 @@
 """The worker: one process that keeps the model loaded and scores due series one at a time.
 
-It talks to the listener only through the database: it claims the oldest
-queued job, checks eligibility on the headers, loads the series from the
-spool, labels it, scores it, writes the report into the results folder and
-queues one delivery per destination.  Running in its own process keeps the
-listener's threads (and the GIL) free while the model works.
+It talks to the listeners only through the database: it claims the oldest
+queued job (a lease, renewed while it scores: ``scp.lease``), checks
+eligibility on the headers, loads the series from the spool, labels it,
+scores it, writes the report into the results folder and queues one delivery
+per destination.  Running in its own process keeps the listener's threads
+(and the GIL) free while the model works.  ``cacnode serve`` runs one as its
+child; ``cacnode worker`` (``scp.worker_app``) runs one on its own, beside
+others on other machines sharing the database and the storage.
+
+The report files are written once, durably, before the deliveries that send
+them are queued; a delivery repeated after a crash sends those same files,
+so the same SOP Instance UIDs.  A worker that lost its lease writes into its
+own folder (named by the attempt) and cannot record it, so its report is
+never sent.
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ import signal
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -30,8 +40,10 @@ from pipeline.reading.eligibility import EligibilityRules
 from pipeline.errors import CacnodeError
 from pipeline.model.inference import ModelConfig
 from pipeline.scoring.agatston import ScoringProfile
-from scp.config import Destination, DicomWebDestination, StorageConfig
-from scp.db import Database, Job
+from scp.config import DatabaseConfig, Destination, DicomWebDestination, StorageConfig
+from scp.db import Database, Job, LeaseLost
+from scp.db_engine import DatabaseUnavailable
+from scp.lease import LeaseKeeper
 from scp.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -41,6 +53,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # failed (a full disk); the wait doubles up to the maximum.
 BOOKKEEPING_RETRY_SECONDS = 1.0
 BOOKKEEPING_RETRY_MAX_SECONDS = 30.0
+EXPIRED_SWEEP_SECONDS = 5.0  # at most this long between looks for jobs whose lease ran out
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,14 @@ class WorkerSettings:
     return_to_caller: bool
     return_port: int
     poll_seconds: float = 0.05  # how often the job table is checked when idle (a cheap indexed query)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    job_max_attempts: int = 3  # scp.job_max_attempts: starts of a job before a lost lease fails it
+
+    def open_database(self, owner: str) -> Database:
+        """The shared database, with ``owner`` as the name on this worker's leases."""
+        return Database(
+            self.database.target(self.storage), owner=owner, lease_seconds=self.database.lease_seconds
+        )
 
 
 def destinations_for(settings: WorkerSettings, job: Job) -> list[tuple[str, str, int]]:
@@ -144,14 +165,19 @@ def process_job(job: Job, settings: WorkerSettings, labeller: object) -> Outcome
     )
     labels = labeller.predict(series)  # type: ignore[attr-defined]
     identity = labeller.identity  # type: ignore[attr-defined]
-    result = score_series(series, labels, settings.scoring, f"model:{identity.name} {identity.version}")
+    result = score_series(series, labels, settings.scoring, f"model:{identity.name} {identity.version}",
+                          heart_box=labeller.heart_box(series))
     report = build_report(result, labels, series, identity, settings.report)
     if settings.report.write_seg and report.seg is None:
         log.info("series %s: no lesion SEG: no artery has calcium", job.series_uid)
     summary = to_json(result)
     summary["sr_sop_instance_uid"] = str(report.sr.SOPInstanceUID)
     summary["generation"] = job.generation
-    result_dir = settings.storage.results / job.study_uid / job.series_uid / f"{job.generation:03d}-job{job.id}"
+    # a later attempt gets its own folder: a worker that lost its lease may still be writing the earlier one
+    attempt = f"-a{job.attempt}" if job.attempt > 1 else ""
+    result_dir = (
+        settings.storage.results / job.study_uid / job.series_uid / f"{job.generation:03d}-job{job.id}{attempt}"
+    )
     write_results(result_dir, [("sr.dcm", report.sr), ("seg.dcm", report.seg), ("summary.dcm", report.summary)], summary)
     destinations = tuple(destinations_for(settings, job))
     web_destinations = tuple(web_destinations_for(settings))
@@ -186,8 +212,8 @@ def record(db: Database, job: Job, outcome: Outcome) -> None:
         db.end_job(job.id, outcome.state, outcome.reason or "", time.time())
 
 
-def run_worker(settings: WorkerSettings, control: Connection, parent_pid: int) -> int:
-    """Entry point of the worker process: load the model once, then take jobs until told to stop.
+def run_worker(settings: WorkerSettings, control: Connection, parent_pid: int, owner: str) -> int:
+    """Entry point of the worker process that ``cacnode serve`` starts: load the model once, then take jobs.
 
     Parameters
     ----------
@@ -199,6 +225,9 @@ def run_worker(settings: WorkerSettings, control: Connection, parent_pid: int) -
     parent_pid
         The listener's pid: if it is gone before we could ask Linux to kill
         us with it, we stop rather than run beside a restarted node.
+    owner
+        The name on this worker's leases; the listener releases the jobs
+        leased under it when it sees this worker die.
     """
     _die_with_parent()
     if os.getppid() != parent_pid:
@@ -206,39 +235,82 @@ def run_worker(settings: WorkerSettings, control: Connection, parent_pid: int) -
         return 1
     # Ctrl-C reaches the whole process group; the listener decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    labeller = load_labeller(settings)
+    if labeller is None:
+        return 2
+    control.send("ready")
+    db = settings.open_database(owner)
+    try:
+        work(settings, db, labeller, lambda timeout: _told_to_stop(control, timeout))
+    finally:
+        db.close()
+    return 0
+
+
+def load_labeller(settings: WorkerSettings) -> object | None:
+    """The model, loaded once per worker process; None (logged) when it cannot be."""
     from pipeline.model.inference import Labeller
 
     try:
         labeller = Labeller.load(settings.model)
     except CacnodeError as exc:
         log.error("worker: cannot load the model: %s", exc)
-        return 2
+        return None
     log.info("worker: model %s %s loaded", labeller.identity.name, labeller.identity.version)
-    control.send("ready")
-    db = Database(settings.storage.database)
+    return labeller
+
+
+def work(settings: WorkerSettings, db: Database, labeller: object, stop: Callable[[float], bool]) -> None:
+    """Take jobs until ``stop(timeout)`` (which waits up to ``timeout`` s for a stop) says to stop.
+
+    Now and then it also takes up jobs whose worker stopped renewing its
+    lease (killed, its machine down): any worker may, the database makes
+    sure only one does.
+    """
     wait = BOOKKEEPING_RETRY_SECONDS
-    try:
-        while not _told_to_stop(control, 0.0):
-            try:
-                job = db.claim_job(time.time())
-            except sqlite3.Error as exc:  # a full disk or a locked database: wait, do not die
-                log.error("worker: cannot take a job from the database (%s); trying again in %.0f s", exc, wait)
-                if _told_to_stop(control, wait):
-                    break
-                wait = min(wait * 2, BOOKKEEPING_RETRY_MAX_SECONDS)
-                continue
-            wait = BOOKKEEPING_RETRY_SECONDS
-            if job is None:
-                if _told_to_stop(control, settings.poll_seconds):  # wakes at once on "stop" or EOF
-                    break
-                continue
-            log.info("series %s: processing (job %d, generation %d)", job.series_uid, job.id, job.generation)
-            outcome = _score(job, settings, labeller)
-            if not _record_until_done(db, job, outcome, control):
+    sweep_every = min(db.lease_seconds / 2, EXPIRED_SWEEP_SECONDS)
+    swept = 0.0
+    while not stop(0.0):
+        try:
+            now = time.time()
+            if now - swept >= sweep_every:
+                swept = now
+                _take_up_expired(db, now, settings.job_max_attempts)
+            job = db.claim_job(now)
+        except (sqlite3.Error, DatabaseUnavailable) as exc:  # a full disk, a locked database, a server away: wait
+            log.error("worker: cannot take a job from the database (%s); trying again in %.0f s", exc, wait)
+            if stop(wait):
                 break
-    finally:
-        db.close()
-    return 0
+            wait = min(wait * 2, BOOKKEEPING_RETRY_MAX_SECONDS)
+            continue
+        wait = BOOKKEEPING_RETRY_SECONDS
+        if job is None:
+            if stop(settings.poll_seconds):  # wakes at once on a stop
+                break
+            continue
+        log.info("series %s: processing (job %d, generation %d, attempt %d)",
+                 job.series_uid, job.id, job.generation, job.attempt)
+        with LeaseKeeper(db, job.id, db.lease_seconds / 3) as lease:
+            outcome = _score(job, settings, labeller)
+        if lease.lost:
+            log.warning("series %s: job %d was taken over by another worker while this one scored it;"
+                        " this outcome is dropped", job.series_uid, job.id)
+            continue
+        if not _record_until_done(db, job, outcome, stop):
+            break
+
+
+def _take_up_expired(db: Database, now: float, max_attempts: int) -> None:
+    for job in db.release_expired(now, max_attempts):
+        if job.state == "complete":
+            log.warning("series %s: job %d re-queued: its worker's lease expired (attempt %d of %d)",
+                        job.series_uid, job.id, job.attempts, max_attempts)
+        elif job.state == "failed":
+            log.error("series %s: job %d failed: its worker's lease expired %d times (scp.job_max_attempts)",
+                      job.series_uid, job.id, job.attempts)
+        else:
+            log.info("series %s: job %d of a lost worker superseded (the series was re-opened)",
+                     job.series_uid, job.id)
 
 
 def _score(job: Job, settings: WorkerSettings, labeller: object) -> Outcome:
@@ -253,7 +325,7 @@ def _score(job: Job, settings: WorkerSettings, labeller: object) -> Outcome:
         return Outcome("failed", f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _record_until_done(db: Database, job: Job, outcome: Outcome, control: Connection) -> bool:
+def _record_until_done(db: Database, job: Job, outcome: Outcome, stop: Callable[[float], bool]) -> bool:
     """Record ``outcome``, trying again while the database cannot take it; False when told to stop first.
 
     A full disk fails the COMMIT ("database or disk is full"); the worker
@@ -265,7 +337,10 @@ def _record_until_done(db: Database, job: Job, outcome: Outcome, control: Connec
     while True:
         try:
             record(db, job, outcome)
-        except sqlite3.Error as exc:
+        except LeaseLost as exc:
+            log.warning("series %s: outcome of job %d not recorded: %s", job.series_uid, job.id, exc)
+            return True
+        except (sqlite3.Error, DatabaseUnavailable) as exc:
             log.error(
                 "series %s: cannot record job %d as %s in the database (%s); the job stays running,"
                 " trying again in %.0f s", job.series_uid, job.id, outcome.state, exc, wait,
@@ -274,7 +349,7 @@ def _record_until_done(db: Database, job: Job, outcome: Outcome, control: Connec
             if wait > BOOKKEEPING_RETRY_SECONDS:
                 log.info("series %s: job %d recorded as %s after all", job.series_uid, job.id, outcome.state)
             return True
-        if _told_to_stop(control, wait):
+        if stop(wait):
             log.warning(
                 "series %s: stopping with job %d unrecorded; it stays running and is queued again at the next start",
                 job.series_uid, job.id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,17 @@ def ct_series_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "series"
     write_datasets(datasets, folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A throw-away PostgreSQL cluster (``node_support.PostgresServer``) on a free port of 127.0.0.1,
+    stopped after the tests that use it."""
+    from node_support import PostgresServer, postgres_binaries  # node_support imports this module
+
+    bin_dir = postgres_binaries()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin; apt-get install postgresql)")
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()

@@ -130,21 +130,61 @@ def cacnode(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     )
 
 
-class NodeProcess:
-    """``cacnode serve --config <config>`` as a subprocess, its log in a file."""
+class CacnodeProcess:
+    """Any ``cacnode`` command as a long-running subprocess (``serve --no-worker``, ``worker``), its log in a file."""
+
+    def __init__(self, args: Sequence[str], log: Path) -> None:
+        self.args = list(args)
+        self.log_path = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> CacnodeProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cacnode.cli", *self.args], cwd=REPO, env=node_env(),
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait; return the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class NodeProcess(CacnodeProcess):
+    """``cacnode serve --config <config>`` as a subprocess, its log in a file, ready once it answers C-ECHO."""
 
     def __init__(self, config: Path, port: int, log: Path, own_process_group: bool = False) -> None:
+        super().__init__(["serve", "--config", str(config)], log)
         self.config = config
         self.port = port
-        self.log_path = log
         self.own_process_group = own_process_group  # as a service manager starts it: signals can reach the group
-        self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60, ready: Callable[[], bool] | None = None) -> NodeProcess:
         """Start the node and wait until ``ready()`` (default: a plain C-ECHO succeeds)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cacnode.cli", "serve", "--config", str(self.config)],
+                [sys.executable, "-m", "cacnode.cli", *self.args],
                 cwd=REPO, env=node_env(), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=self.own_process_group,
             )
@@ -156,22 +196,6 @@ class NodeProcess:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log()}")
         return False
-
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM and wait; return the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash (the worker dies with it: PR_SET_PDEATHSIG)."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(30)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def status(self) -> dict[str, Any]:
         result = cacnode("status", "--json", "--config", str(self.config))
@@ -403,3 +427,81 @@ def orthanc_dicomweb_plugin() -> Path:
             return found[0]
     pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
     raise AssertionError  # unreachable
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of PostgreSQL's server binaries (Debian: /usr/lib/postgresql/<version>/bin), newest first."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]), reverse=True)
+    if found:
+        return found[0].parent
+    return None
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 and a free port, in a folder of its own.
+
+    PostgreSQL refuses to run as root, so as root (the CI machine) it runs as
+    the ``postgres`` system user, else ``nobody``, in a folder that user owns.
+    Trust authentication on the loopback only; fsync off: a test cluster need
+    not survive a power loss.
+    """
+
+    def __init__(self, bin_dir: Path, user: str = "cacnode") -> None:
+        import tempfile
+
+        self.bin_dir = bin_dir
+        self.user = user
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="cacnode-pg-"))
+        self.data = self.root / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def _as_owner(self, *args: str) -> list[str]:
+        if os.geteuid() != 0:
+            return list(args)
+        return ["runuser", "-u", self._system_user(), "--", *args]
+
+    @staticmethod
+    def _system_user() -> str:
+        import pwd
+
+        for name in ("postgres", "nobody"):
+            try:
+                pwd.getpwnam(name)
+                return name
+            except KeyError:
+                continue
+        raise AssertionError("neither a postgres nor a nobody user to run PostgreSQL as")
+
+    def start(self, timeout: float = 60) -> PostgresServer:
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.root, self._system_user())
+
+        def run(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(self._as_owner(*args), capture_output=True, text=True, timeout=timeout)
+
+        done = run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.user, "-A", "trust",
+                   "--no-sync", "-E", "UTF8", "--locale=C")
+        assert done.returncode == 0, f"initdb failed: {done.stdout}\n{done.stderr}"
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+                   " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        done = run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "postgres.log"),
+                   "-o", options, "-w", "-t", str(int(timeout)), "start")
+        assert done.returncode == 0, f"pg_ctl start failed: {done.stdout}\n{done.stderr}\n{self.log()}"
+        return self
+
+    def log(self) -> str:
+        path = self.root / "postgres.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        import shutil
+
+        subprocess.run(self._as_owner(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
+                                      "stop"), capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
