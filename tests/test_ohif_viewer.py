@@ -179,10 +179,10 @@ class ViewerServer:
         self.server.server_close()
 
 
-def open_in_ohif(url: str, shots: Path, browser: str) -> dict:
+def open_in_ohif(url: str, shots: Path, browser: str, segment_names: list[str]) -> dict:
     """Run tests/browser/ohif_viewer.mjs; return what it saw, console messages included."""
     result = subprocess.run(
-        [shutil.which("node"), str(BROWSER_TESTS / "ohif_viewer.mjs"), url, str(shots)],
+        [shutil.which("node"), str(BROWSER_TESTS / "ohif_viewer.mjs"), url, str(shots), json.dumps(segment_names)],
         check=False, capture_output=True, text=True, timeout=400, cwd=BROWSER_TESTS,
         env={**os.environ, "CHROMIUM": browser},
     )
@@ -204,7 +204,8 @@ def rgb_of(css: str) -> tuple[int, int, int]:
 
 def test_ohif_shows_the_ct_the_seg_segments_and_the_sr(tmp_path, node_weights, request):
     browser = require_browser()
-    from dicom_sr.summary_draw import ARTERY_COLOURS
+    from dicom_sr.summary_draw import ARTERY_COLOURS, UNCOUNTED_COLOUR
+    from pipeline.scoring.uncounted import DESCRIPTION as UNCOUNTED_LABEL
     from training.phantom.generate import generate_case, write_case
 
     started = time.monotonic()
@@ -236,14 +237,17 @@ def test_ohif_shows_the_ct_the_seg_segments_and_the_sr(tmp_path, node_weights, r
     seg_instance = orthanc.rest("GET", f"/series/{held['SEG']}/instances")[0]["ID"]
     seg = pydicom.dcmread(_download(orthanc, seg_instance), stop_before_pixels=True)
     segment_names = [str(s.SegmentLabel) for s in seg.SegmentSequence]
-    assert set(segment_names) <= set(ARTERY_COLOURS) and len(segment_names) >= 2, segment_names
+    # the arteries' segments, and the grey one of the calcium no artery counts when there is such calcium
+    colours = {**ARTERY_COLOURS, UNCOUNTED_LABEL: UNCOUNTED_COLOUR}
+    assert set(segment_names) <= set(colours) and len(set(segment_names) & set(ARTERY_COLOURS)) >= 2, segment_names
     reported_at = time.monotonic()
 
     server = ViewerServer(OHIF_DIST, APP_CONFIG, orthanc.base_url).start()
     request.addfinalizer(server.stop)
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    seen = open_in_ohif(f"http://127.0.0.1:{server.port}/viewer?StudyInstanceUIDs={study_uid}", shots, browser)
+    url = f"http://127.0.0.1:{server.port}/viewer?StudyInstanceUIDs={study_uid}"
+    seen = open_in_ohif(url, shots, browser, segment_names)
     browsed_at = time.monotonic()
     print(f"node to Orthanc {reported_at - started:.0f} s, OHIF {browsed_at - reported_at:.0f} s; "
           f"screenshots in {shots}")
@@ -260,7 +264,7 @@ def test_ohif_shows_the_ct_the_seg_segments_and_the_sr(tmp_path, node_weights, r
     assert set(shown) == set(segment_names), (shown, seen.get("segPageText", "")[:2000])
     for name in segment_names:
         assert shown[name], f"segment {name} has no colour swatch"
-        got, want = rgb_of(shown[name]), ARTERY_COLOURS[name]
+        got, want = rgb_of(shown[name]), colours[name]
         # the SEG holds CIELab: OHIF's conversion back to sRGB is close, not exact
         assert max(abs(a - b) for a, b in zip(got, want)) <= 12, (name, got, want)
 

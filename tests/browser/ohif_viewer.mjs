@@ -1,6 +1,6 @@
 // Opens a study in the OHIF viewer in headless Chromium for tests/test_ohif_viewer.py.
 //
-//   node ohif_viewer.mjs <viewer URL> <screenshot folder>
+//   node ohif_viewer.mjs <viewer URL> <screenshot folder> <JSON list of the SEG's segment labels>
 //
 // Waits until the CT is drawn, opens the SEG (accepting OHIF's "open this
 // segmentation?" prompt), reads the segmentation panel, then opens the SR and
@@ -10,7 +10,7 @@
 // viewer never shows the study.
 import puppeteer from "puppeteer-core";
 
-const [url, shots] = process.argv.slice(2);
+const [url, shots, segmentLabels] = process.argv.slice(2);
 const chromium = process.env.CHROMIUM || "/usr/bin/chromium";
 const STEP_MS = 60_000;
 const MAX_SR_STEPS = 60; // measurements stepped through in the SR viewport
@@ -124,7 +124,8 @@ try {
 
   seen.thumbnails = await until(page, "the study browser's thumbnails", () => {
     const t = [...document.querySelectorAll("[data-cy^='study-browser-thumbnail']")].map((x) => x.innerText.trim());
-    return t.length >= 3 ? t : null;
+    // every series of the study: the CT, the summary (OT), the SEG and the SR
+    return ["CT", "OT", "SEG", "SR"].every((m) => t.some((x) => x.startsWith(m))) ? t : null;
   });
   seen.ctLit = await until(page, "the CT drawn in the viewport", canvasDrawn);
   seen.steps.push("ct");
@@ -139,7 +140,7 @@ try {
 
   // -- the SEG
   if (!(await openThumbnail(page, "SEG"))) throw new Error(`no SEG thumbnail in ${seen.thumbnails}`);
-  const names = ["LM", "LAD", "LCX", "RCA"];
+  const names = JSON.parse(segmentLabels);
   const deadline = Date.now() + STEP_MS;
   seen.prompts = [];
   for (;;) {
