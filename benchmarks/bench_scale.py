@@ -1,4 +1,4 @@
-"""Scale-out: series per minute with 1, 2 and 4 workers, on SQLite and on PostgreSQL, and PostgreSQL's cost per instance.
+"""Scale-out: series per minute with 1, 2 and 4 workers on SQLite and on PostgreSQL; PostgreSQL's cost per instance.
 
 For each backend and worker count, one receiver (``cacnode serve --no-worker``)
 and N ``cacnode worker`` processes share the database and a storage folder
@@ -8,8 +8,9 @@ announce their count, so they complete as soon as they are in).  Two figures:
 scoring (half the series queued before the workers start; from the first
 job started to the last finished, in the database) and end to end (the other
 half, workers warm; from the first send to the last report delivered to
-dcmtk ``storescp``, so the single receiver's ingest is part of it).  Then the added latency of PostgreSQL per stored instance: the same storescu
-send to a receiver on each backend (alternating rounds), and
+dcmtk ``storescp``, so the single receiver's ingest is part of it).  Then
+the added latency of PostgreSQL per stored instance: the same storescu send
+to a receiver on each backend (alternating rounds), and
 ``Database.record_instance`` alone.  Prints the figures; on a 2-core machine
 more workers than cores cannot go faster, which the figures will show.
 

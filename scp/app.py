@@ -557,10 +557,11 @@ def serve(config: Config, run_worker: bool = True) -> int:
     quiet_chatty_libraries()
     try:
         node = Node(config, run_worker=run_worker)
-    except (sqlite3.Error, DatabaseUnavailable) as exc:  # PostgreSQL unreachable, or a SQLite file that cannot be opened
+    except (sqlite3.Error, DatabaseUnavailable) as exc:  # PostgreSQL unreachable, or a SQLite file it cannot open
         for s, handler in previous.items():
             signal.signal(s, handler)
-        raise CacnodeError(f"cannot open the database {redacted(config.database.target(config.storage))}: {exc}") from None
+        target = redacted(config.database.target(config.storage))
+        raise CacnodeError(f"cannot open the database {target}: {exc}") from None
     try:
         node.start()
         while not stop.is_set():

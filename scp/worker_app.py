@@ -54,8 +54,9 @@ def run_worker_service(config: Config) -> int:
         return 2
     try:
         db = settings.open_database(default_owner("worker"))
-    except (sqlite3.Error, DatabaseUnavailable) as exc:  # PostgreSQL unreachable, or a SQLite file that cannot be opened
-        raise CacnodeError(f"cannot open the database {redacted(config.database.target(config.storage))}: {exc}") from None
+    except (sqlite3.Error, DatabaseUnavailable) as exc:  # PostgreSQL unreachable, or a SQLite file it cannot open
+        target = redacted(config.database.target(config.storage))
+        raise CacnodeError(f"cannot open the database {target}: {exc}") from None
     delivery = DeliveryLoop(db, delivery_policy(config), time.time, Counters(),
                             web_destinations=web_destinations(config))
     log.info("worker %s: taking jobs from %s (lease %.0f s)", db.owner, db.describe(), db.lease_seconds)

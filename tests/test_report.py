@@ -260,9 +260,10 @@ def test_reader_rejects_what_is_not_our_sr(tmp_path: Path) -> None:
     series, labels, result = make_case()
     sr = build_report(result, labels, series, IDENTITY, ReportConfig(write_seg=False, write_summary=False)).sr
     derived = root_container(sr, "126011")
-    derived.ContentSequence = [num for num in derived.ContentSequence  # without the LM numbers
-                               if not any(item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodeValue == "3227004"
-                                          for item in num.ContentSequence)]  # fmt: skip
+    derived.ContentSequence = [  # without the LM numbers
+        num for num in derived.ContentSequence
+        if not any(item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodeValue == "3227004"
+                   for item in num.ContentSequence)]
     with pytest.raises(ReportError, match="LM"):
         read_sr_scores(sr)
 
