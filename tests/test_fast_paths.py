@@ -50,12 +50,16 @@ def _assert_objects_as_a_3d_labelling(hu: np.ndarray, connectivity: int) -> tupl
     which = ids.reshape(-1)[voxels].astype(np.int64) - 1
     spacing, increment = (0.5, 0.7), 2.5
     per_candidate = _PerCandidate(which, np.bincount(which, minlength=n).astype(np.float64))
-    volume, z_extent, inplane = _object_features(ids, z, r, c, which, per_candidate, connectivity, spacing, increment)
+    ours, volume, z_extent, inplane = _object_features(ids, z, r, c, which, per_candidate, connectivity, spacing,
+                                                       increment)
     objects, _ = ndimage.label(ids > 0, structure=np.ones((3, 3, 3), dtype=bool))
     boxes = ndimage.find_objects(objects)
     object_of = np.zeros(n, dtype=np.int64)
     object_of[which] = objects.reshape(-1)[voxels]
     counts = np.bincount(objects.ravel())
+    # the same partition of the candidates into objects, numbered differently
+    pairs = set(zip(ours.tolist(), object_of.tolist()))
+    assert len(pairs) == len(set(ours.tolist())) == len(set(object_of.tolist()))
     for i in range(n):
         box = boxes[object_of[i] - 1]
         extent = [s.stop - s.start for s in box]

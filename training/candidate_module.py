@@ -20,6 +20,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 from pipeline.model.candidate_classifier import CandidateClassifier, ClassifierConfig
 from pipeline.model.candidate_features import FEATURE_NAMES
+from pipeline.model.object_consensus import ConsensusRule
 from pipeline.model.weights import ClassifierWeights
 from training.candidate_data import CandidateRows
 
@@ -126,6 +127,7 @@ def fit_classifier(rows: CandidateRows, *, min_area_mm2: float = 1.0, epochs: in
         config=config,
         state_dict={k: v.detach().cpu() for k, v in module.model.state_dict().items()},
         background_bias=0.0,
+        object_consensus=ConsensusRule(),  # the vote within calcified objects follows the classifier
         training={
             "candidates": int(len(all_rows.truth)),
             "candidates_per_epoch": int(len(truth)),

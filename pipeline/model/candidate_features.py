@@ -40,6 +40,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipeline.scoring.arteries import N_CLASSES
+from pipeline.model.object_consensus import agatston_weight
 from pipeline.model.preprocess import CropBox, cell_index
 from pipeline.scoring.agatston import in_plane_structure
 from pipeline.scoring.sparse import flat_nonzero
@@ -89,6 +90,10 @@ class Candidates:
     centres: np.ndarray  # float64 (n, 3): mean (z, row, col) voxel index of each candidate
     voxels: np.ndarray  # flat indices into ``ids`` of every candidate voxel, ascending
     which: np.ndarray  # the 0-based candidate of each of those voxels
+    # For the vote within calcified objects (``pipeline.model.object_consensus``); None when not known:
+    object_of: np.ndarray | None = None  # int64 (n,): each candidate's 26-connected 3-D object
+    object_mm3: np.ndarray | None = None  # float64 (n,): that object's volume
+    weight: np.ndarray | None = None  # float64 (n,): what the candidate would add to the Agatston score
 
     @property
     def count(self) -> int:
@@ -132,6 +137,8 @@ class CandidateMap:
     peak_hu: np.ndarray  # float64 (n,)
     mean_hu: np.ndarray  # float64 (n,)
     objects: np.ndarray  # float64 (n, 3): volume (mm^3), z and in-plane extent (mm) of its 3-D object
+    object_of: np.ndarray  # int64 (n,): that object (0, 1, ...)
+    area_mm2: np.ndarray  # float64 (n,)
 
     @property
     def count(self) -> int:
@@ -150,10 +157,15 @@ def map_candidates(hu_crop: np.ndarray, pixel_spacing_mm: tuple[float, float], i
     per_candidate = _PerCandidate(which, np.bincount(which, minlength=n).astype(np.float64))
     centres = np.column_stack([per_candidate.mean(v.astype(np.float64)) for v in (z, r, c)])
     values = hu_crop.reshape(-1).take(voxels).astype(np.float64)
-    objects = (np.column_stack(_object_features(ids, z, r, c, which, per_candidate, connectivity, pixel_spacing_mm,
-                                                increment_mm)) if n else np.zeros((0, 3)))
+    if n:
+        object_of, *measures = _object_features(ids, z, r, c, which, per_candidate, connectivity, pixel_spacing_mm,
+                                                increment_mm)
+        objects = np.column_stack(measures)
+    else:
+        object_of, objects = np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+    area_mm2 = per_candidate.size * (pixel_spacing_mm[0] * pixel_spacing_mm[1])
     return CandidateMap(ids, voxels, z, r, c, which, per_candidate, centres, per_candidate.max(values),
-                        per_candidate.mean(values), objects)
+                        per_candidate.mean(values), objects, object_of, area_mm2)
 
 
 def network_opinion(found: CandidateMap, probabilities: np.ndarray, box: CropBox,
@@ -215,7 +227,8 @@ def describe_candidates(hu_crop: np.ndarray, found: CandidateMap, opinion: np.nd
             z_mm / 100.0, row_mm / 100.0, col_mm / 100.0, np.sqrt(z_mm**2 + row_mm**2 + col_mm**2) / 100.0,
             near[full], wide[full], picture,
         ])
-    return Candidates(found.ids, features, found.centres, found.voxels, found.which)
+    return Candidates(found.ids, features, found.centres, found.voxels, found.which, found.object_of,
+                      found.objects[:, 0], agatston_weight(found.area_mm2, found.peak_hu))
 
 
 def candidate_features(
@@ -275,8 +288,9 @@ class _PerCandidate:
 def _object_features(
     ids: np.ndarray, z: np.ndarray, r: np.ndarray, c: np.ndarray, which: np.ndarray, per_candidate: _PerCandidate,
     connectivity: int, pixel_spacing_mm: tuple[float, float], increment_mm: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per candidate: volume (mm^3), z extent and in-plane extent (mm) of its 26-connected 3-D object.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per candidate: its 26-connected 3-D object (0, 1, ...), and that object's volume (mm^3), z extent
+    and in-plane extent (mm).
 
     ``ids`` labels the candidates, ``z, r, c`` are every candidate voxel and
     ``which`` its 0-based candidate.  The objects (those of ``ndimage.label``
@@ -297,7 +311,7 @@ def _object_features(
     volume = counts[object_of] * (pixel_spacing_mm[0] * pixel_spacing_mm[1] * increment_mm)
     z_extent = extent[object_of, 0] * increment_mm
     inplane = np.hypot(extent[object_of, 1] * pixel_spacing_mm[0], extent[object_of, 2] * pixel_spacing_mm[1])
-    return volume, z_extent, inplane
+    return object_of, volume, z_extent, inplane
 
 
 def _objects(ids: np.ndarray, z: np.ndarray, r: np.ndarray, c: np.ndarray, which: np.ndarray, n: int,

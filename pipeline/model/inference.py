@@ -36,6 +36,7 @@ from pipeline.errors import ModelError
 from pipeline.model.identity import AlgorithmIdentity
 from pipeline.model.unet import UNet3D
 from pipeline.model.noise import noise_sd_hu
+from pipeline.model.object_consensus import ConsensusRule, agree_within_objects
 from pipeline.model.preprocess import AIR_HU, CropBox, Prepared, Preprocess, cell_index, extract, insert, local_box
 from pipeline.reading.series import CTSeries
 from pipeline.model.weights import WeightsFile, load_weights
@@ -160,7 +161,8 @@ class Labeller:
         looked = look_closer(hu, prepared, logits, self.config.candidate_threshold_hu,
                              self.config.candidate_connectivity, self.classifier.config.gate,
                              wide=self.classifier.config.wide_channels > 0, survey=survey)
-        return decide_candidates(self.classifier, looked, self.weights.classifier.faint_peak_slope)
+        stored = self.weights.classifier
+        return decide_candidates(self.classifier, looked, stored.faint_peak_slope, stored.object_consensus)
 
     @staticmethod
     def place(hu: np.ndarray, prepared: Prepared, crop_labels: np.ndarray) -> np.ndarray:
@@ -179,6 +181,7 @@ class CandidateDecisions:
     logits: torch.Tensor  # (len(looked_at), n_classes)
     noise_sd_hu: float  # of the heart crop (``pipeline.model.noise``)
     faint_peak_slope: float = 0.0  # the weights file's (``candidate_classifier.faint``)
+    consensus: ConsensusRule | None = None  # the weights file's vote within objects; None: each candidate alone
 
     def classes(self, background_bias: float, faint_bias: float = 0.0) -> np.ndarray:
         """uint8 class of each candidate looked at (``faint_bias`` more for the faint ones)."""
@@ -191,9 +194,14 @@ class CandidateDecisions:
         return self.labels_of(self.classes(background_bias, faint_bias))
 
     def labels_of(self, classes: np.ndarray) -> np.ndarray:
-        """uint8 labels of the crop, given the class of each candidate looked at."""
+        """uint8 labels of the crop, given the class of each candidate looked at (then the vote within
+        calcified objects, when the weights file has one)."""
         per_candidate = np.zeros(self.candidates.count, dtype=np.uint8)
         per_candidate[self.looked_at] = classes
+        found = self.candidates
+        if self.consensus is not None and found.object_of is not None:
+            per_candidate = agree_within_objects(per_candidate, found.weight, found.object_of, found.object_mm3,
+                                                 self.consensus)
         per_voxel = per_candidate[self.candidates.which]
         labelled = np.flatnonzero(per_voxel)  # few: written at their voxels, not mapped over the whole crop
         labels = np.zeros(self.candidates.ids.shape, dtype=np.uint8)
@@ -201,10 +209,10 @@ class CandidateDecisions:
         return labels
 
 
-def decide_candidates(classifier: CandidateClassifier, looked: LookedAt,
-                      faint_peak_slope: float) -> CandidateDecisions:
+def decide_candidates(classifier: CandidateClassifier, looked: LookedAt, faint_peak_slope: float,
+                      consensus: ConsensusRule | None = None) -> CandidateDecisions:
     """The classifier's logits (on the CPU) for the candidates past the gate; it runs where its weights are
-    (``faint_peak_slope``: the weights file's, for the faint candidates)."""
+    (``faint_peak_slope`` and ``consensus``: the weights file's)."""
     scores = torch.zeros((0, classifier.config.n_classes))
     if looked.indices.size:
         device = classifier.feature_mean.device
@@ -212,7 +220,8 @@ def decide_candidates(classifier: CandidateClassifier, looked: LookedAt,
                   for a in (looked.candidates.features[looked.indices], looked.patches, looked.wide)]
         with torch.inference_mode():
             scores = classifier(*inputs).cpu()
-    return CandidateDecisions(looked.candidates, looked.indices, scores, looked.noise_sd_hu, faint_peak_slope)
+    return CandidateDecisions(looked.candidates, looked.indices, scores, looked.noise_sd_hu, faint_peak_slope,
+                              consensus)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ so opening a file never runs code from it):
 - ``classifier`` (optional): the second stage, the lesion classifier of
   ``pipeline.model.candidate_classifier`` -- its arguments, weights (with the
   feature standardisation), its own background bias (and the extra one for
-  faint candidates, ``faint_bias``) and how it was fitted.
+  faint candidates, ``faint_bias``), the vote within calcified objects that
+  follows it (``object_consensus``, optional) and how it was fitted.
   Without it, inference uses the plain candidate majority rule.
 """
 
@@ -36,6 +37,7 @@ from pipeline.model.candidate_classifier import FAINT_PEAK_SLOPE, CandidateClass
 from pipeline.errors import ModelError
 from pipeline.model.heart import HeartLocatorSettings
 from pipeline.model.identity import AlgorithmIdentity
+from pipeline.model.object_consensus import ConsensusRule
 from pipeline.model.unet import UNet3D, UNetConfig
 from pipeline.model.preprocess import PreprocessConfig
 
@@ -58,6 +60,9 @@ class ClassifierWeights:
     faint_bias: float = 0.0  # more for faint candidates (``candidate_classifier.faint``); 0: none (1.2.0)
     # HU the faint peak limit rises per HU of noise SD over the gate; files before 1.3.2 have none: 0.
     faint_peak_slope: float = FAINT_PEAK_SLOPE
+    # The vote within calcified objects after the classifier (``pipeline.model.object_consensus``);
+    # files before 2.2.0 have none: each candidate is decided alone.
+    object_consensus: ConsensusRule | None = None
 
     def build(self) -> CandidateClassifier:
         """The classifier with these weights, in eval mode."""
@@ -122,6 +127,8 @@ def save_weights(weights: WeightsFile, path: Path) -> None:
             "faint_peak_slope": float(c.faint_peak_slope),
             "training": _plain(c.training),
         }
+        if c.object_consensus is not None:
+            payload["classifier"]["object_consensus"] = _plain(dataclasses.asdict(c.object_consensus))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -172,6 +179,8 @@ def _classifier(stored: Any) -> ClassifierWeights | None:
         training=dict(stored.get("training", {})),
         faint_bias=float(stored.get("faint_bias", 0.0)),
         faint_peak_slope=float(stored.get("faint_peak_slope", 0.0)),
+        object_consensus=(None if stored.get("object_consensus") is None
+                          else ConsensusRule(**stored["object_consensus"])),
     )
 
 
