@@ -179,13 +179,16 @@ class Spool:
         return count
 
     def sweep_receiving(self, idle_since: float) -> int:
-        """Remove files of :attr:`receiving` not written to since ``idle_since`` (epoch seconds); return how many.
+        """Remove partial files not written to since ``idle_since`` (epoch seconds); return how many.
 
-        A data set streams in there while its association lasts; one whose
-        association was aborted mid-transfer stays behind, never acknowledged.
+        A data set streams into :attr:`receiving` while its association lasts,
+        and an instance is written to a ``.part`` file of :attr:`tmp` before
+        its rename; one whose transfer or process died stays behind, never
+        acknowledged.  Unlike :meth:`clear_incoming`, this spares the files
+        other receivers sharing the spool are writing now.
         """
         count = 0
-        for path in self.receiving.iterdir():
+        for path in [*self.tmp.glob("*.part"), *self.receiving.iterdir()]:
             try:
                 if path.stat().st_mtime < idle_since:
                     path.unlink()

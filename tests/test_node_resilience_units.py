@@ -105,12 +105,15 @@ def test_spool_sweeps_only_data_sets_no_longer_written(tmp_path):
 
     spool = Spool(tmp_path / "spool")
     old, fresh = spool.receiving / "old.dcm", spool.receiving / "fresh.dcm"
-    old.write_bytes(b"x")
-    fresh.write_bytes(b"y")
-    os.utime(old, (1000.0, 1000.0))
-    assert spool.sweep_receiving(idle_since=2000.0) == 1
+    old_part, fresh_part = spool.tmp / "a.part", spool.tmp / "b.part"  # a crashed write, one going on
+    for path in (old, fresh, old_part, fresh_part):
+        path.write_bytes(b"x")
+    for path in (old, old_part):
+        os.utime(path, (1000.0, 1000.0))
+    assert spool.sweep_receiving(idle_since=2000.0) == 2
     assert [p.name for p in spool.receiving.iterdir()] == ["fresh.dcm"]
-    assert spool.clear_incoming() == 1
+    assert [p.name for p in spool.tmp.iterdir()] == ["b.part"]
+    assert spool.clear_incoming() == 2
 
 
 @pytest.mark.parametrize(
