@@ -25,6 +25,7 @@ from pynetdicom.status import code_to_category, STATUS_SUCCESS, STATUS_WARNING
 
 from scp.config import DicomWebDestination
 from scp.db import Database, Delivery
+from scp.db_engine import UNAVAILABLE
 from scp.metrics import Counters
 from scp.stow import stow_files
 
@@ -209,9 +210,16 @@ class DeliveryLoop:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        failing = False  # logged once per outage, not at every poll
         while not self._stop.is_set():
-            for d in self.db.due_deliveries(self.clock()):
-                if self._stop.is_set():
-                    return
-                attempt(self.db, self.policy, d, self.clock, self.counters, self.web_destinations)
+            try:
+                for d in self.db.due_deliveries(self.clock()):
+                    if self._stop.is_set():
+                        return
+                    attempt(self.db, self.policy, d, self.clock, self.counters, self.web_destinations)
+                failing = False
+            except UNAVAILABLE as exc:  # a full disk, a database server away: the reports wait, the loop lives
+                if not failing:
+                    log.error("deliveries: the database cannot be used (%s); trying again", exc)
+                    failing = True
             self._stop.wait(self.poll_seconds)

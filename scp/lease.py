@@ -16,6 +16,7 @@ import time
 from types import TracebackType
 
 from scp.db import Database
+from scp.db_engine import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class LeaseKeeper:
         while not self._done.wait(self._interval):
             try:
                 held = self._db.heartbeat(self._job_id, time.time())
-            except sqlite3.Error as exc:  # the database is away for a moment: the lease has slack for that
+            except (sqlite3.Error, DatabaseUnavailable) as exc:  # away for a moment: the lease has slack for that
                 log.warning("job %d: cannot renew its lease (%s); trying again", self._job_id, exc)
                 continue
             if not held:

@@ -169,3 +169,37 @@ def test_unreadable_file_is_skipped_with_a_warning(tmp_path, caplog, corrupt):
         series = load_series(tmp_path / "series", series_uid=series_uid)
     assert series.hu.shape[0] == 23
     assert any(name in r.getMessage() and "skipping" in r.getMessage() for r in caplog.records)
+
+
+def test_the_delivery_loop_outlives_a_database_outage(caplog):
+    """A database that cannot be read (server away, disk full) makes the reports wait; the loop goes on."""
+    import threading
+    import time
+
+    from scp.db_engine import DatabaseUnavailable
+    from scp.delivery import DeliveryLoop, DeliveryPolicy
+    from scp.metrics import Counters
+
+    class Flaky:
+        """Fails its first three polls, as PostgreSQL during a restart, then has nothing due."""
+
+        def __init__(self) -> None:
+            self.polls = 0
+            self.recovered = threading.Event()
+
+        def due_deliveries(self, now: float) -> list:
+            self.polls += 1
+            if self.polls <= 3:
+                raise DatabaseUnavailable("OperationalError: connection refused")
+            self.recovered.set()
+            return []
+
+    db = Flaky()
+    loop = DeliveryLoop(db, DeliveryPolicy("CACNODE", 3, 1.0), time.time, Counters(), poll_seconds=0.01)
+    with caplog.at_level(logging.ERROR, logger="scp.delivery"):
+        loop.start()
+        assert db.recovered.wait(5)
+        assert loop.is_alive()
+        loop.stop()
+    outage = [r for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert len(outage) == 1  # once per outage, not at every poll
