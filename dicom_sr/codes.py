@@ -54,6 +54,8 @@ AI_FAMILY = Code("123110", "DCM", "Artificial Intelligence")
 # Labels from a reference annotation: the same CID 7162 names manual work (report.md:
 # a report made from reference labels is not coded as artificial-intelligence output).
 MANUAL_FAMILY = Code("123109", "DCM", "Manual Processing")
+# The finder of calcium no artery counts (threshold, connected components, size rules): CID 7162.
+NEIGHBORHOOD_FAMILY = Code("123101", "DCM", "Neighborhood Analysis")
 
 # --- SEG segment description (report.md section 2) ---
 SEG_CATEGORY = Code("49755003", "SCT", "Morphologically Abnormal Structure")

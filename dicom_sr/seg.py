@@ -26,6 +26,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from cacnode import __version__
 from dicom_sr import codes
 from dicom_sr.source import device_attributes, header_copies
 from dicom_sr.summary_draw import ARTERY_COLOURS, UNCOUNTED_COLOUR
@@ -46,6 +47,11 @@ def algorithm_identification(identity: AlgorithmIdentity) -> hd.AlgorithmIdentif
     if identity.is_reference:
         return None
     return hd.AlgorithmIdentificationSequence(name=identity.name, family=codes.AI_FAMILY, version=identity.version)
+
+
+# The uncounted calcium's segment: thresholding and connected components (``pipeline.scoring.uncounted``).
+UNCOUNTED_FINDER = hd.AlgorithmIdentificationSequence(
+    name="cacnode uncounted calcium", family=codes.NEIGHBORHOOD_FAMILY, version=__version__)
 
 
 def _algorithm_type(identity: AlgorithmIdentity) -> hd.seg.SegmentAlgorithmTypeValues:
@@ -165,8 +171,9 @@ def build_lesion_seg(
                 segment_label=UNCOUNTED_LABEL,
                 segmented_property_category=codes.SEG_CATEGORY,
                 segmented_property_type=codes.UNCOUNTED_SEG_TYPE,
-                algorithm_type=_algorithm_type(identity),
-                algorithm_identification=algorithm,
+                # found by the node's own rules, not by the model or the annotator, even for reference labels
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=UNCOUNTED_FINDER,
                 tracking_uid=hd.UID(),
                 tracking_id="Calcium not attributed",
                 display_color=hd.color.CIELabColor.from_rgb(*UNCOUNTED_COLOUR),

@@ -246,6 +246,15 @@ def test_report_of_reference_labels_is_not_coded_as_ai_output(case, tmp_path):
     texts = [str(e.value) for e in sr.iterall() if e.keyword == "TextValue"]
     assert any("reference annotation" in t and annotation.SOPInstanceUID in t and "labels.seg.dcm" in t
                for t in texts), texts  # fmt: skip
-    for segment in seg.SegmentSequence:
+    from pipeline.scoring.uncounted import DESCRIPTION as UNCOUNTED
+
+    arteries = [segment for segment in seg.SegmentSequence if segment.SegmentLabel != UNCOUNTED]
+    assert arteries
+    for segment in arteries:  # the annotation's: manual
         assert segment.SegmentAlgorithmType == "MANUAL"
         assert "SegmentAlgorithmName" not in segment and "SegmentationAlgorithmIdentificationSequence" not in segment
+    for segment in seg.SegmentSequence:  # the calcium no artery counts is found by the node: automatic, not AI
+        if segment.SegmentLabel == UNCOUNTED:
+            assert segment.SegmentAlgorithmType == "AUTOMATIC"
+            family = segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmFamilyCodeSequence[0]
+            assert family.CodeValue == "123101"

@@ -155,6 +155,9 @@ def test_uncounted_calcium_is_a_grey_segment_of_its_own_after_the_arteries(tmp_p
     assert (last.SegmentedPropertyTypeCodeSequence[0].CodeValue,
             last.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("18115005", "SCT")  # fmt: skip
     assert "AnatomicRegionSequence" not in last  # not placed in an artery
+    # found by the node's rules, whoever made the artery labels
+    assert last.SegmentAlgorithmType == "AUTOMATIC"
+    assert last.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "cacnode uncounted calcium"
     rgb = hd.color.CIELabColor.from_dicom_value(tuple(int(v) for v in last.RecommendedDisplayCIELabValue)).to_rgb()
     assert max(abs(a - b) for a, b in zip(rgb, UNCOUNTED_COLOUR)) <= 2
     parsed = hd.seg.Segmentation.from_dataset(seg)
