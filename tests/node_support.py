@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -427,6 +428,16 @@ def orthanc_dicomweb_plugin() -> Path:
             return found[0]
     pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
     raise AssertionError  # unreachable
+
+
+def write_first_jobs_table(path: Path) -> None:
+    """A SQLite file holding the jobs table as the node's first version made it (no attempts, no leases)."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, series_uid TEXT NOT NULL, study_uid TEXT NOT NULL,"
+                 " generation INTEGER NOT NULL, state TEXT NOT NULL, reason TEXT, created REAL NOT NULL,"
+                 " started REAL, finished REAL, result_dir TEXT, sr_uid TEXT, total_agatston REAL)")
+    conn.commit()
+    conn.close()
 
 
 def postgres_binaries() -> Path | None:

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from node_support import write_first_jobs_table
 
 from scp.completion import SharedCompletion
 from scp.db import Database, LeaseLost
@@ -153,12 +154,7 @@ def test_completion_from_instances_recorded_by_two_receivers(two):
 
 def test_schema_version_and_upgrade_of_an_older_sqlite_file(tmp_path):
     path = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, series_uid TEXT NOT NULL, study_uid TEXT NOT NULL,"
-                 " generation INTEGER NOT NULL, state TEXT NOT NULL, reason TEXT, created REAL NOT NULL,"
-                 " started REAL, finished REAL, result_dir TEXT, sr_uid TEXT, total_agatston REAL)")
-    conn.commit()
-    conn.close()
+    write_first_jobs_table(path)
     Database(path).close()
     conn = sqlite3.connect(path)
     columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}

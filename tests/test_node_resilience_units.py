@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from node_support import small_series, write_series
+from node_support import small_series, write_first_jobs_table, write_series
 from pydicom.uid import ExplicitVRLittleEndian
 
 from cacnode.config import load_config
@@ -61,12 +61,7 @@ def test_restart_requeues_whatever_the_attempts(db, tmp_path):
 
 def test_database_of_an_older_version_gains_the_attempts_column(tmp_path):
     path = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, series_uid TEXT NOT NULL, study_uid TEXT NOT NULL,"
-                 " generation INTEGER NOT NULL, state TEXT NOT NULL, reason TEXT, created REAL NOT NULL,"
-                 " started REAL, finished REAL, result_dir TEXT, sr_uid TEXT, total_agatston REAL)")
-    conn.commit()
-    conn.close()
+    write_first_jobs_table(path)
     d = Database(path)
     try:
         _running_job(d, tmp_path)

@@ -213,7 +213,6 @@ def describe_candidates(hu_crop: np.ndarray, found: CandidateMap, opinion: np.nd
         z, r, c = found.z[keep], found.r[keep], found.c[keep]
         kept = _PerCandidate(found.which[keep], size)  # every voxel of a kept candidate is kept: same sizes
         centre = found.centres[full]
-        pixel_area = pixel_spacing_mm[0] * pixel_spacing_mm[1]
         # Position relative to the heart centre, as the network's position channels measure it.
         z_mm = (centre[:, 0] - (hu_crop.shape[0] - 1) / 2.0) * increment_mm
         row_mm = (centre[:, 1] + 0.5 - box.centre_row) * pixel_spacing_mm[0]
@@ -222,7 +221,7 @@ def describe_candidates(hu_crop: np.ndarray, found: CandidateMap, opinion: np.nd
         picture = _picture(hu_crop, pixel_spacing_mm, increment_mm, tuple(centre.T))
         volume, z_extent, inplane_extent = found.objects[full].T
         features[full, _NETWORK_COLUMNS:] = np.column_stack([
-            np.log(size[full] * pixel_area), found.peak_hu[full] / 1000.0, found.mean_hu[full] / 1000.0,
+            np.log(found.area_mm2[full]), found.peak_hu[full] / 1000.0, found.mean_hu[full] / 1000.0,
             np.log(volume), z_extent / 10.0, inplane_extent / 10.0,
             z_mm / 100.0, row_mm / 100.0, col_mm / 100.0, np.sqrt(z_mm**2 + row_mm**2 + col_mm**2) / 100.0,
             near[full], wide[full], picture,
