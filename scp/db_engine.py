@@ -144,5 +144,7 @@ class Backend:
             if not self.postgres and isinstance(error.orig, sqlite3.Error):
                 raise error.orig from None
             if isinstance(error, (exc.OperationalError, exc.InterfaceError)) or error.connection_invalidated:
-                raise DatabaseUnavailable(f"{type(error.orig).__name__}: {str(error.orig).strip()}") from error
+                # psycopg spreads a message over lines ("Is the server running ..."): one line for the log and the CLI
+                message = " ".join(str(error.orig).split())
+                raise DatabaseUnavailable(f"{type(error.orig).__name__}: {message}") from error
             raise

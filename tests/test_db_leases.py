@@ -175,3 +175,14 @@ def test_shared_completion_rules():
     assert policy.due([quiet, mixed, too_many], 108.0) == ["a", "c", "d"]
     policy.hold("a", 108.0)
     assert policy.due([quiet], 110.0) == [] and policy.due([quiet], 113.0) == ["a"]
+
+
+def test_a_database_server_that_is_away_is_one_line_of_error():
+    """psycopg's message spans lines ("Is the server running ..."); the node says it in one."""
+    from scp.db_engine import DatabaseUnavailable
+
+    with pytest.raises(DatabaseUnavailable) as raised:
+        Database("postgresql://nobody@127.0.0.1:1/cacnode")
+    message = str(raised.value)
+    assert "Connection refused" in message or "connection failed" in message, message
+    assert "\n" not in message
