@@ -92,9 +92,9 @@ def lesion_positions(family: Family, seed: int) -> LesionPositions:
         components, n = ndimage.label(case.labels == index)
         if not n:
             continue
-        ones = np.ones(components.shape)
-        sizes = ndimage.sum_labels(ones, components, np.arange(1, n + 1))
-        centroids = ndimage.center_of_mass(ones, components, np.arange(1, n + 1))
+        inside = components > 0  # every voxel weighs the same
+        sizes = ndimage.sum_labels(inside, components, np.arange(1, n + 1))
+        centroids = ndimage.center_of_mass(inside, components, np.arange(1, n + 1))
         artery += [index] * n
         voxels += list(sizes)
         points += [to_mm(*c) for c in centroids]
