@@ -2,7 +2,8 @@
 
 The page reads the database through the same queries as ``cacnode status``
 (``scp.admin.status_document``), adds what an admin looks for from the
-result folders (risk category, CAC-DRS, the summary image) and the first
+result folders (risk category, CAC-DRS, the review flag of calcium the
+score does not count, the summary image) and the first
 instance of each series (its description), and offers a retry button for
 failed deliveries when an admin token is configured.  Patient name and ID
 appear only with ``scp.log_phi`` on.
@@ -33,7 +34,7 @@ SERIES_SHOWN = 50
 STYLE = (
     "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1.5em}"
     "td,th{border:1px solid #bbb;padding:.25em .5em;text-align:left;font-size:.9em}"
-    "th{background:#eee}.state-failed{color:#b00}.state-sent{color:#070}"
+    "th{background:#eee}.state-failed{color:#b00}.state-sent{color:#070}.review{color:#b00;font-weight:bold}"
 )
 _HEADER_TAGS = ["SeriesDescription", "PatientName", "PatientID"]
 
@@ -67,7 +68,7 @@ def _instance_header(path: str) -> dict[str, str]:
 
 
 def _result(result_dir: str | None) -> dict[str, Any]:
-    """The job's ``result.json`` (risk category, CAC-DRS), or {} when there is none."""
+    """The job's ``result.json`` (risk category, CAC-DRS, uncounted calcium), or {} when there is none."""
     if not result_dir:
         return {}
     try:
@@ -88,8 +89,18 @@ def page_rows(db: Database, show_phi: bool) -> dict[str, Any]:
         result = _result(row["result_dir"])
         row["risk_category"] = result.get("risk_category")
         row["cac_drs"] = result.get("cac_drs")
+        row["review"] = review_text(result)
         row["has_summary"] = bool(row["result_dir"]) and (Path(row["result_dir"]) / "summary.dcm").is_file()
     return doc
+
+
+def review_text(result: dict[str, Any]) -> str | None:
+    """The review flag's sentence when the series' uncounted calcium raised it (``pipeline.scoring.uncounted``),
+    else None."""
+    uncounted = result.get("uncounted_calcium")
+    if not isinstance(uncounted, dict) or not uncounted.get("review"):
+        return None
+    return str(uncounted.get("review_text") or "review the images: calcium was found that the score does not count")
 
 
 def summary_png(db: Database, job_id: int) -> bytes | None:
@@ -142,18 +153,20 @@ def render_page(doc: dict[str, Any], model: ModelIdentity | None, settings: Page
     parts.append("<h2>Series</h2><table id='series'><tr><th>Last arrival</th><th>Series Instance UID</th>"
                  "<th>Description</th>" + ("<th>Patient</th>" if settings.show_phi else "")
                  + "<th>Instances</th><th>State</th><th>Agatston</th><th>Risk category</th><th>CAC-DRS</th>"
-                 "<th>Summary</th><th>Reason</th></tr>")
+                 "<th>Review</th><th>Summary</th><th>Reason</th></tr>")
     for r in doc["series"]:
         agatston = None if r["total_agatston"] is None else f"{r['total_agatston']:.1f}"
         summary = (f"<td><a href='/summary/{int(r['job_id'])}.png'>image</a></td>"
                    if r["has_summary"] else "<td>-</td>")
         reason = r["reason"] or ("no destination; report kept in its result folder" if r["state"] == "kept" else "")
+        review = f"<td class='review'>{escape(r['review'])}</td>" if r["review"] else "<td>-</td>"
         parts.append(
             f"<tr data-series='{escape(r['series_uid'])}'>" + _cell(_when(r["last_received"]))
             + _cell(r["series_uid"]) + _cell(r["description"])
             + (_cell(r["patient"]) if settings.show_phi else "") + _cell(r["n_instances"])
             + f"<td class='state state-{escape(r['state'])}'>{escape(r['state'])}</td>"
-            + _cell(agatston) + _cell(r["risk_category"]) + _cell(r["cac_drs"]) + summary + _cell(reason) + "</tr>"
+            + _cell(agatston) + _cell(r["risk_category"]) + _cell(r["cac_drs"]) + review + summary + _cell(reason)
+            + "</tr>"
         )
     parts.append("</table>")
     parts.append("<h2>Deliveries</h2><table id='deliveries'><tr><th>Series Instance UID</th><th>Destination</th>"

@@ -73,10 +73,12 @@ def test_page_shows_scores_and_deliveries_and_retries_a_failed_one(tmp_path):
         assert sent.returncode == 0, sent.stderr
         uid = str(first[0].SeriesInstanceUID)
         seen = browse(url, uid, "sent", tmp_path / "sent.png")
-        # series row: arrival, UID, description, instances, state, Agatston, risk category, CAC-DRS, summary, reason
+        # series row: arrival, UID, description, instances, state, Agatston, risk category, CAC-DRS, review,
+        # summary, reason
         assert seen["series"][1:5] == [uid, "Calcium Score 3.0 mm", "24", "sent"]
-        agatston, risk, cac_drs = seen["series"][5:8]
+        agatston, risk, cac_drs, review = seen["series"][5:9]
         assert float(agatston) >= 0 and risk != "-" and re.fullmatch(r"A\d[A-Z0-9/]*", cac_drs), seen["series"]
+        assert review == "-" or review.startswith("Calcium not attributed to a coronary artery"), review
         # the page shows what the report that reached the PACS says
         reported = read_sr_scores(next(f for f in pacs.files() if f.name.startswith("SR")))
         assert (agatston, risk, cac_drs) == (f"{reported['total']['agatston']:.1f}", reported["risk_category"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from pipeline.errors import CacnodeError
 from scp.db import Database
 from scp.metrics import Counters, DatabaseCollector
 from scp.spool import InstanceKey
-from scp.status_page import ModelIdentity
+from scp.status_page import ModelIdentity, review_text
 from scp.web import WebContext, make_app, read_admin_token
 
 TOKEN = "let-me-retry"
@@ -30,7 +31,10 @@ def failed_delivery(tmp_path: Path) -> tuple[Database, str, int]:
     result_dir = tmp_path / "results" / "r1"
     result_dir.mkdir(parents=True)
     ds.save_as(result_dir / "summary.dcm", enforce_file_format=True)  # a grey image stands in for the summary
-    (result_dir / "result.json").write_text('{"risk_category": "I", "cac_drs": "A1"}')
+    (result_dir / "result.json").write_text(json.dumps({
+        "risk_category": "I", "cac_drs": "A1",
+        "uncounted_calcium": {"volume_mm3": 155.2, "components": 3, "agatston": 80.0, "bone_objects_excluded": 3,
+                              "review": True, "review_text": "Calcium not attributed to a coronary artery: 155.2 mm3"}}))
     series = str(ds.SeriesInstanceUID)
     db.record_instance(InstanceKey(str(ds.StudyInstanceUID), series, str(ds.SOPInstanceUID)), None, instance, 1, 1.0)
     job_id = db.complete_series(series, 2.0)
@@ -56,9 +60,19 @@ def test_page_shows_score_delivery_and_model_but_no_patient(failed_delivery):
     db, series, _ = failed_delivery
     page = client(db).get("/").text
     for shown in (series, "Calcium Score 3.0 mm", "42.2", "A1", "failed", "connection refused",
-                  "PACS@127.0.0.1:104", "cacnode-unet 2.1.0 (UID 2.25.1)", "Retry"):
+                  "PACS@127.0.0.1:104", "cacnode-unet 2.1.0 (UID 2.25.1)", "Retry",
+                  "<td class='review'>Calcium not attributed to a coronary artery: 155.2 mm3</td>"):
         assert shown in page, shown
     assert "PHANTOM" not in page and "Patient" not in page
+
+
+def test_review_flag_only_when_the_uncounted_calcium_raised_it():
+    flagged = {"uncounted_calcium": {"review": True, "review_text": "look"}}
+    assert review_text(flagged) == "look"
+    assert review_text({"uncounted_calcium": {"review": False, "review_text": None}}) is None
+    assert review_text({"uncounted_calcium": None}) is None  # not assessed
+    assert review_text({}) is None  # a result written before the check, or none at all
+    assert "does not count" in (review_text({"uncounted_calcium": {"review": True}}) or "")
 
 
 def test_patient_only_with_log_phi(failed_delivery):
