@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sqlite3
 import ssl
 import tempfile
 import threading
@@ -46,7 +45,7 @@ from scp.admission import Admission, AdmissionLimits, GuardedServer
 from scp.completion import SharedCompletion
 from scp.config import DicomWebDestination
 from scp.db import Database, default_owner
-from scp.db_engine import UNAVAILABLE, DatabaseUnavailable, redacted
+from scp.db_engine import DATABASE_ERRORS, UNAVAILABLE, cannot_open
 from scp.delivery import DeliveryLoop, DeliveryPolicy
 from scp.handlers import StoreContext, handle_accepted, handle_echo, handle_rejected, handle_store
 from scp.metrics import Counters, DatabaseCollector, JobWatch
@@ -557,11 +556,10 @@ def serve(config: Config, run_worker: bool = True) -> int:
     quiet_chatty_libraries()
     try:
         node = Node(config, run_worker=run_worker)
-    except (sqlite3.Error, DatabaseUnavailable) as exc:  # PostgreSQL unreachable, or a SQLite file it cannot open
+    except DATABASE_ERRORS as exc:  # PostgreSQL unreachable, or a SQLite file it cannot open
         for s, handler in previous.items():
             signal.signal(s, handler)
-        target = redacted(config.database.target(config.storage))
-        raise CacnodeError(f"cannot open the database {target}: {exc}") from None
+        raise CacnodeError(cannot_open(config.database.target(config.storage), exc)) from None
     try:
         node.start()
         while not stop.is_set():

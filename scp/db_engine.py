@@ -32,6 +32,9 @@ class DatabaseUnavailable(Exception):
 # is full" or "locked", and a database server that is away.  The C-STORE handler answers
 # Out of Resources, the scheduler and the worker try again at their next turn.
 UNAVAILABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError, DatabaseUnavailable)
+# Any failure of either backend: what the worker waits out (it never dies of the database) and what
+# opening the database at start-up reports in one line (``cannot_open``).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, DatabaseUnavailable)
 
 
 def is_url(target: Path | str) -> bool:
@@ -44,6 +47,11 @@ def redacted(target: Path | str) -> str:
     if is_url(target):
         return make_url(str(target)).render_as_string(hide_password=True)
     return str(target)
+
+
+def cannot_open(target: Path | str, error: Exception) -> str:
+    """The one-line message of a database that could not be opened at start-up (no password in it)."""
+    return f"cannot open the database {redacted(target)}: {error}"
 
 
 class Tx:

@@ -10,13 +10,12 @@ outcome: the other worker's report is the one delivered.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from types import TracebackType
 
 from scp.db import Database
-from scp.db_engine import DatabaseUnavailable
+from scp.db_engine import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class LeaseKeeper:
         while not self._done.wait(self._interval):
             try:
                 held = self._db.heartbeat(self._job_id, time.time())
-            except (sqlite3.Error, DatabaseUnavailable) as exc:  # away for a moment: the lease has slack for that
+            except DATABASE_ERRORS as exc:  # away for a moment: the lease has slack for that
                 log.warning("job %d: cannot renew its lease (%s); trying again", self._job_id, exc)
                 continue
             if not held:

@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import signal
-import sqlite3
 import time
 from collections.abc import Sequence
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from pipeline.model.inference import ModelConfig
 from pipeline.scoring.agatston import ScoringProfile
 from scp.config import DatabaseConfig, Destination, DicomWebDestination, StorageConfig
 from scp.db import Database, Job, LeaseLost
-from scp.db_engine import DatabaseUnavailable
+from scp.db_engine import DATABASE_ERRORS
 from scp.lease import LeaseKeeper
 from scp.spool import Spool
 
@@ -277,7 +276,7 @@ def work(settings: WorkerSettings, db: Database, labeller: object, stop: Callabl
                 swept = now
                 _take_up_expired(db, now, settings.job_max_attempts)
             job = db.claim_job(now)
-        except (sqlite3.Error, DatabaseUnavailable) as exc:  # a full disk, a locked database, a server away: wait
+        except DATABASE_ERRORS as exc:  # a full disk, a locked database, a server away: wait
             log.error("worker: cannot take a job from the database (%s); trying again in %.0f s", exc, wait)
             if stop(wait):
                 break
@@ -340,7 +339,7 @@ def _record_until_done(db: Database, job: Job, outcome: Outcome, stop: Callable[
         except LeaseLost as exc:
             log.warning("series %s: outcome of job %d not recorded: %s", job.series_uid, job.id, exc)
             return True
-        except (sqlite3.Error, DatabaseUnavailable) as exc:
+        except DATABASE_ERRORS as exc:
             log.error(
                 "series %s: cannot record job %d as %s in the database (%s); the job stays running,"
                 " trying again in %.0f s", job.series_uid, job.id, outcome.state, exc, wait,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 import threading
 import time
 from types import FrameType
@@ -23,7 +22,7 @@ from cacnode.config import Config
 from pipeline.errors import CacnodeError
 from scp.app import delivery_policy, quiet_chatty_libraries, web_destinations, worker_settings
 from scp.db import default_owner
-from scp.db_engine import DatabaseUnavailable, redacted
+from scp.db_engine import DATABASE_ERRORS, cannot_open
 from scp.delivery import DeliveryLoop
 from scp.metrics import Counters
 from scp.worker import load_labeller, work
@@ -54,9 +53,8 @@ def run_worker_service(config: Config) -> int:
         return 2
     try:
         db = settings.open_database(default_owner("worker"))
-    except (sqlite3.Error, DatabaseUnavailable) as exc:  # PostgreSQL unreachable, or a SQLite file it cannot open
-        target = redacted(config.database.target(config.storage))
-        raise CacnodeError(f"cannot open the database {target}: {exc}") from None
+    except DATABASE_ERRORS as exc:  # PostgreSQL unreachable, or a SQLite file it cannot open
+        raise CacnodeError(cannot_open(config.database.target(config.storage), exc)) from None
     delivery = DeliveryLoop(db, delivery_policy(config), time.time, Counters(),
                             web_destinations=web_destinations(config))
     log.info("worker %s: taking jobs from %s (lease %.0f s)", db.owner, db.describe(), db.lease_seconds)
