@@ -11,9 +11,8 @@ stack also lets readers map frame k to source slice k without geometry.
 
 A Segmentation needs at least one segment (PS3.3 C.8.20.4: the Segment
 Sequence has one or more items), so a label map without any artery (and no
-uncounted calcium) raises
-:class:`~pipeline.errors.LabelsError`; :mod:`dicom_sr.writer` skips the SEG
-for such a series instead of calling this.
+uncounted calcium) raises :class:`~pipeline.errors.LabelsError`;
+:mod:`dicom_sr.writer` skips the SEG for such a series instead of calling this.
 """
 
 from __future__ import annotations
